@@ -1,0 +1,222 @@
+"""`python -m minircnn.bench`: speed of minircnn's kernels, beside PyTorch when installed.
+
+Each side is timed in a block of consecutive calls (after warm-up) and its best call is
+kept; then the other side runs its block. Alternating call by call would wake and park
+thread pools (OpenBLAS, Numba, torch) on every switch and skew the ratio. Torch, when
+installed (``pip install -e .[bench]``), gets the same thread count as we use.
+
+Figures are printed as tables and written to ``runs/bench/latest.json``.
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from minircnn.layers import Conv2d, Linear, MaxPool2d
+
+SECTIONS: dict[str, Callable] = {}
+
+
+def section(name: str):
+    """Register a bench section under ``name``."""
+
+    def register(fn):
+        SECTIONS[name] = fn
+        return fn
+
+    return register
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """Best wall time (s) of ``repeats`` consecutive calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def try_import_torch(threads: int):
+    """torch with ``threads`` intra-op threads, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """NumPy float32 matrix product GFLOP/s: the practical ceiling for this machine."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats) / 1e9
+
+
+def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
+    """Print rows (dicts) as an aligned text table; missing values show as '-'."""
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n== {title}")
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def compare(row: dict, ours: float, theirs: float | None, flops: float | None = None) -> dict:
+    """Fill a table row with times (ms), GFLOP/s and the ours/torch time ratio."""
+    row["ours_ms"] = ours * 1e3
+    if flops:
+        row["ours_GFLOPs"] = flops / ours / 1e9
+    if theirs is not None:
+        row["torch_ms"] = theirs * 1e3
+        row["ratio"] = ours / theirs
+        if flops:
+            row["torch_GFLOPs"] = flops / theirs / 1e9
+    return row
+
+
+# ---------------------------------------------------------------- layers
+@section("layers")
+def bench_layers(quick: bool, threads: int) -> dict:
+    """Conv 3x3 (fwd+bwd), 2x2 max-pool (fwd+bwd) and Linear (fwd+bwd), float32."""
+    torch = try_import_torch(threads)
+    repeats = 3 if quick else 10
+    shapes = [(32, 64, 112), (64, 128, 56), (128, 256, 28)]
+    if quick:
+        shapes = [(c_in, c_out, s // 4) for c_in, c_out, s in shapes]
+    rng = np.random.default_rng(0)
+    rows = []
+    for c_in, c_out, size in shapes:
+        x = rng.standard_normal((2, c_in, size, size), dtype=np.float32)
+        conv = Conv2d(c_in, c_out, 3, padding=1, rng=rng)
+        dy = rng.standard_normal((2, c_out, size, size), dtype=np.float32)
+
+        def ours_conv(conv=conv, x=x, dy=dy):
+            conv.forward(x)
+            conv.backward(dy)
+
+        flops = 3 * 2 * 2 * c_out * c_in * 9 * size * size  # fwd, dx, dW
+        theirs = None
+        if torch is not None:
+            tx = torch.from_numpy(x).requires_grad_()
+            tw = torch.from_numpy(conv.params["weight"]).requires_grad_()
+            tb = torch.from_numpy(conv.params["bias"]).requires_grad_()
+            tdy = torch.from_numpy(dy)
+
+            def torch_conv(tx=tx, tw=tw, tb=tb, tdy=tdy):
+                torch.nn.functional.conv2d(tx, tw, tb, padding=1).backward(tdy)
+
+            theirs = best_time(torch_conv, repeats)
+        ours = best_time(ours_conv, repeats)
+        rows.append(compare({"op": f"conv3x3 {c_in}->{c_out} @{size}"}, ours, theirs, flops))
+
+    for _, c_out, size in shapes:
+        x = rng.standard_normal((2, c_out, size, size), dtype=np.float32)
+        pool = MaxPool2d(2)
+        dy = rng.standard_normal((2, c_out, size // 2, size // 2), dtype=np.float32)
+
+        def ours_pool(pool=pool, x=x, dy=dy):
+            pool.forward(x)
+            pool.backward(dy)
+
+        theirs = None
+        if torch is not None:
+            tx = torch.from_numpy(x).requires_grad_()
+            tdy = torch.from_numpy(dy)
+
+            def torch_pool(tx=tx, tdy=tdy):
+                torch.nn.functional.max_pool2d(tx, 2).backward(tdy)
+
+            theirs = best_time(torch_pool, repeats)
+        ours = best_time(ours_pool, repeats)
+        rows.append(compare({"op": f"maxpool2x2 {c_out} @{size}"}, ours, theirs))
+
+    n_in, n_out, batch = (12544, 1024, 128) if not quick else (3136, 512, 64)
+    fc = Linear(n_in, n_out, rng=rng)
+    x = rng.standard_normal((batch, n_in), dtype=np.float32)
+    dy = rng.standard_normal((batch, n_out), dtype=np.float32)
+
+    def ours_fc():
+        fc.forward(x)
+        fc.backward(dy)
+
+    theirs = None
+    if torch is not None:
+        tx = torch.from_numpy(x).requires_grad_()
+        tw = torch.from_numpy(fc.params["weight"]).requires_grad_()
+        tb = torch.from_numpy(fc.params["bias"]).requires_grad_()
+        tdy = torch.from_numpy(dy)
+
+        def torch_fc():
+            torch.nn.functional.linear(tx, tw, tb).backward(tdy)
+
+        theirs = best_time(torch_fc, repeats)
+    ours = best_time(ours_fc, repeats)
+    flops = 3 * 2 * batch * n_in * n_out
+    rows.append(compare({"op": f"linear {n_in}->{n_out} B{batch}"}, ours, theirs, flops))
+
+    columns = ["op", "ours_ms", "ours_GFLOPs", "torch_ms", "torch_GFLOPs", "ratio"]
+    print_table("layers (forward + backward, float32, N=2)", rows, columns)
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m minircnn.bench", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
+    parser.add_argument(
+        "--sections",
+        default=",".join(SECTIONS),
+        help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
+    )
+    parser.add_argument("--out", default="runs/bench/latest.json", help="JSON output path")
+    args = parser.parse_args(argv)
+    names = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    threads = numba.get_num_threads()
+    ceiling = sgemm_gflops(1024 if args.quick else 2048)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"numba threads {threads}; numpy SGEMM ceiling {ceiling:.0f} GFLOP/s"
+    )
+    results = {
+        "quick": args.quick,
+        "threads": threads,
+        "numpy_sgemm_gflops": ceiling,
+        "sections": {name: SECTIONS[name](args.quick, threads) for name in names},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out)
+    print(f"\nwrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

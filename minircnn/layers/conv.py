@@ -1,0 +1,220 @@
+"""2-D convolution as im2col + one matrix product per image.
+
+For an input ``x [N, C, H, W]`` and weight ``[F, C, kH, kW]`` the output is
+``y [N, F, H', W']`` with ``H' = 1 + (H + 2*pad - kH) // stride`` (likewise ``W'``).
+
+im2col unrolls every receptive field of image n into a column of
+``cols[n]  [C*kH*kW, H'*W']`` (row ``(c*kH + i)*kW + j``), so that the convolution becomes
+``y[n] = W2 @ cols[n]`` with ``W2 = weight.reshape(F, C*kH*kW)``. That product already lies
+in NCHW order, so no transpose or copy follows it. The products run in BLAS (NumPy's
+matmul, on every core); the unrolling and its adjoint (col2im) are the Numba kernels here,
+parallel over (image, channel) pairs, which never write to the same place.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from minircnn.layers.base import Layer, check_float_array, check_same_shape, require_forward
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """``1 + (size + 2*pad - kernel) // stride``; raises if the kernel does not fit."""
+    out = (size + 2 * pad - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(
+            f"kernel {kernel} with stride {stride} and padding {pad} does not fit input size {size}"
+        )
+    return out
+
+
+@njit(inline="always")
+def _valid_range(pad_minus_offset, stride, size_in, size_out):
+    """Output positions o in [lo, hi) whose input index o*stride - pad + offset is inside
+    [0, size_in); positions outside read zero padding."""
+    lo = 0
+    if pad_minus_offset > 0:
+        lo = (pad_minus_offset + stride - 1) // stride
+    hi = (size_in - 1 + pad_minus_offset) // stride + 1
+    if hi > size_out:
+        hi = size_out
+    if lo > hi:
+        lo = hi
+    return lo, hi
+
+
+@njit(parallel=True, cache=True)
+def im2col(x, kh, kw, stride, pad, cols):
+    """Unroll receptive fields. x: [N, C, H, W]; cols (output): [N, C*kh*kw, H'*W']."""
+    n_img, n_ch, h_in, w_in = x.shape
+    h_out = (h_in + 2 * pad - kh) // stride + 1
+    w_out = (w_in + 2 * pad - kw) // stride + 1
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        for i in range(kh):
+            oh_lo, oh_hi = _valid_range(pad - i, stride, h_in, h_out)
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                ow_lo, ow_hi = _valid_range(pad - j, stride, w_in, w_out)
+                dst = cols[n, row]
+                dst[: oh_lo * w_out] = 0.0
+                dst[oh_hi * w_out :] = 0.0
+                for oh in range(oh_lo, oh_hi):
+                    base = oh * w_out
+                    src = x[n, c, oh * stride - pad + i]
+                    dst[base : base + ow_lo] = 0.0
+                    dst[base + ow_hi : base + w_out] = 0.0
+                    if stride == 1:  # contiguous run: a plain (vectorised) copy
+                        dst[base + ow_lo : base + ow_hi] = src[ow_lo - pad + j : ow_hi - pad + j]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[base + ow] = src[ow * stride - pad + j]
+
+
+@njit(parallel=True, cache=True)
+def col2im(dcols, kh, kw, stride, pad, dx):
+    """Adjoint of im2col: sum column gradients back into dx [N, C, H, W] (overwritten).
+
+    Each (n, c) plane only receives from its own kh*kw rows, so the parallel loop is
+    race-free and the sum order is fixed (deterministic).
+    """
+    n_img, n_ch, h_in, w_in = dx.shape
+    h_out = (h_in + 2 * pad - kh) // stride + 1
+    w_out = (w_in + 2 * pad - kw) // stride + 1
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        dx[n, c] = 0.0
+        for i in range(kh):
+            oh_lo, oh_hi = _valid_range(pad - i, stride, h_in, h_out)
+            for j in range(kw):
+                row = (c * kh + i) * kw + j
+                ow_lo, ow_hi = _valid_range(pad - j, stride, w_in, w_out)
+                for oh in range(oh_lo, oh_hi):
+                    h = oh * stride - pad + i
+                    base = oh * w_out
+                    for ow in range(ow_lo, ow_hi):
+                        dx[n, c, h, ow * stride - pad + j] += dcols[n, row, base + ow]
+
+
+def conv2d_forward(x, weight, bias, stride, pad, cols=None):
+    """Convolution forward.
+
+    x: [N, C, H, W]; weight: [F, C, kH, kW]; bias: [F]; all the same float dtype.
+    Returns ``y [N, F, H', W']`` and ``cols [N, C*kH*kW, H'*W']`` (kept for backward).
+    ``cols`` may be passed in to be reused (large fresh arrays cost page faults).
+    """
+    n_img, _, h_in, w_in = x.shape
+    n_filt, n_ch, kh, kw = weight.shape
+    h_out = conv_output_size(h_in, kh, stride, pad)
+    w_out = conv_output_size(w_in, kw, stride, pad)
+    cols_shape = (n_img, n_ch * kh * kw, h_out * w_out)
+    if cols is None or cols.shape != cols_shape or cols.dtype != x.dtype:
+        cols = np.empty(cols_shape, dtype=x.dtype)
+    im2col(x, kh, kw, stride, pad, cols)
+    w2 = weight.reshape(n_filt, n_ch * kh * kw)  # [F, C*kH*kW], a view
+    y = np.empty((n_img, n_filt, h_out * w_out), dtype=x.dtype)
+    for n in range(n_img):
+        np.matmul(w2, cols[n], out=y[n])  # [F, Ckk] @ [Ckk, H'W'] -> [F, H'W']
+    y += bias[None, :, None]
+    return y.reshape(n_img, n_filt, h_out, w_out), cols
+
+
+def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=None):
+    """Convolution backward.
+
+    dy: [N, F, H', W']; cols: from forward. Returns ``(dx [N, C, H, W] or None, dweight,
+    dbias)``. ``need_dx=False`` skips the input gradient (the first layer of a network);
+    ``dcols`` (shaped like cols) may be passed in to be reused as scratch.
+    """
+    n_img = dy.shape[0]
+    n_filt, n_ch, kh, kw = weight.shape
+    dy2 = dy.reshape(n_img, n_filt, -1)  # [N, F, H'W'], a view
+    w2 = weight.reshape(n_filt, n_ch * kh * kw)
+    dw2 = np.matmul(dy2[0], cols[0].T)  # [F, H'W'] @ [H'W', Ckk]; BLAS reads .T in place
+    for n in range(1, n_img):
+        dw2 += dy2[n] @ cols[n].T
+    dbias = dy2.sum(axis=(0, 2))
+    dx = None
+    if need_dx:
+        if dcols is None or dcols.shape != cols.shape or dcols.dtype != cols.dtype:
+            dcols = np.empty_like(cols)
+        for n in range(n_img):
+            np.matmul(w2.T, dy2[n], out=dcols[n])  # [Ckk, F] @ [F, H'W']
+        dx = np.empty(x_shape, dtype=dy.dtype)
+        col2im(dcols, kh, kw, stride, pad, dx)
+    return dx, dw2.reshape(weight.shape), dbias
+
+
+class Conv2d(Layer):
+    """Convolution layer, weight ``[F, C, kH, kW]`` (He-initialised), bias ``[F]`` (zero).
+
+    ``need_input_grad=False`` makes backward skip dx (useful for the layer that sees the
+    image).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int = 0,
+        dtype=np.float32,
+        rng: np.random.Generator | None = None,
+        weight_std: float | None = None,
+    ) -> None:
+        super().__init__()
+        kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        if min(in_channels, out_channels, kh, kw, stride) < 1 or padding < 0:
+            raise ValueError(
+                "Conv2d: channels, kernel size and stride must be >= 1 and padding >= 0, got "
+                f"in={in_channels} out={out_channels} kernel={(kh, kw)} stride={stride} "
+                f"padding={padding}"
+            )
+        rng = rng if rng is not None else np.random.default_rng(0)
+        std = weight_std if weight_std is not None else np.sqrt(2.0 / (in_channels * kh * kw))
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.dtype = np.dtype(dtype)
+        self.params["weight"] = (
+            std * rng.standard_normal((out_channels, in_channels, kh, kw))
+        ).astype(self.dtype)
+        self.params["bias"] = np.zeros(out_channels, dtype=self.dtype)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.need_input_grad = True
+        self._cache = None
+        self._dcols = None  # scratch reused between calls
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: [N, C, H, W] of the layer's dtype -> y: [N, F, H', W']."""
+        x = check_float_array(x, "Conv2d input", 4, self.dtype)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Conv2d input: expected {self.in_channels} channels, got shape {x.shape}"
+            )
+        reuse = self._cache[0] if self._cache is not None else None
+        y, cols = conv2d_forward(
+            x, self.params["weight"], self.params["bias"], self.stride, self.padding, reuse
+        )
+        self._cache = (cols, x.shape, y.shape)
+        return y
+
+    def backward(self, dy: np.ndarray) -> np.ndarray | None:
+        """dy: [N, F, H', W'] -> dx: [N, C, H, W] (None if need_input_grad is False)."""
+        cols, x_shape, y_shape = require_forward(self._cache, "Conv2d")
+        dy = check_same_shape(dy, y_shape, "Conv2d")
+        if self.need_input_grad and (self._dcols is None or self._dcols.shape != cols.shape):
+            self._dcols = np.empty_like(cols)
+        dx, dw, db = conv2d_backward(
+            dy,
+            cols,
+            x_shape,
+            self.params["weight"],
+            self.stride,
+            self.padding,
+            need_dx=self.need_input_grad,
+            dcols=self._dcols,
+        )
+        self.grads["weight"], self.grads["bias"] = dw, db
+        return dx
