@@ -20,6 +20,8 @@ import numba
 import numpy as np
 
 from minircnn.layers import Conv2d, Linear, MaxPool2d
+from minircnn.ops.nms import nms
+from minircnn.ops.roi_pool import roi_pool, roi_pool_backward
 
 SECTIONS: dict[str, Callable] = {}
 
@@ -177,6 +179,95 @@ def bench_layers(quick: bool, threads: int) -> dict:
 
     columns = ["op", "ours_ms", "ours_GFLOPs", "torch_ms", "torch_GFLOPs", "ratio"]
     print_table("layers (forward + backward, float32, N=2)", rows, columns)
+    return {"rows": rows}
+
+
+def random_rois(rng: np.random.Generator, n: int, n_img: int, height: int, width: int):
+    """``n`` RoIs ``[n, 5]`` float32 spread over ``n_img`` images of ``height x width`` px."""
+    x1 = rng.uniform(0, width * 0.8, n)
+    y1 = rng.uniform(0, height * 0.8, n)
+    x2 = np.minimum(x1 + rng.uniform(16, width * 0.6, n), width - 1)
+    y2 = np.minimum(y1 + rng.uniform(16, height * 0.6, n), height - 1)
+    return np.stack([rng.integers(0, n_img, n), x1, y1, x2, y2], axis=1).astype(np.float32)
+
+
+# ---------------------------------------------------------------- roi_pool
+@section("roi_pool")
+def bench_roi_pool(quick: bool, threads: int) -> dict:
+    """RoI max pooling 7x7 at scale 1/16, forward and forward+backward."""
+    torch = try_import_torch(threads)
+    tv_roi_pool = None
+    if torch is not None:
+        try:
+            from torchvision.ops import roi_pool as tv_roi_pool
+        except ImportError:
+            pass
+    repeats = 5 if quick else 20
+    rng = np.random.default_rng(0)
+    cases = [(256, (2, 256, 14, 14)), (512, (2, 512, 38, 50))]
+    rows = []
+    for n_rois, shape in cases[:1] if quick else cases:
+        features = rng.standard_normal(shape, dtype=np.float32)
+        rois = random_rois(rng, n_rois, shape[0], shape[2] * 16, shape[3] * 16)
+        out, argmax = roi_pool(features, rois, 7, 1 / 16)
+        g = rng.standard_normal(out.shape, dtype=np.float32)
+
+        def fwd(features=features, rois=rois):
+            return roi_pool(features, rois, 7, 1 / 16)
+
+        def fwd_bwd(features=features, rois=rois, g=g):
+            _, arg = roi_pool(features, rois, 7, 1 / 16)
+            roi_pool_backward(g, arg, rois, features.shape)
+
+        ours = {"fwd": best_time(fwd, repeats), "fwd+bwd": best_time(fwd_bwd, repeats)}
+        theirs = {"fwd": None, "fwd+bwd": None}
+        if tv_roi_pool is not None:
+            tf = torch.from_numpy(features)
+            tfg = torch.from_numpy(features).requires_grad_()
+            tr, tg = torch.from_numpy(rois), torch.from_numpy(g)
+
+            def t_fwd(tf=tf, tr=tr):
+                with torch.no_grad():
+                    tv_roi_pool(tf, tr, 7, 1 / 16)
+
+            def t_fwd_bwd(tfg=tfg, tr=tr, tg=tg):
+                tv_roi_pool(tfg, tr, 7, 1 / 16).backward(tg)
+
+            theirs = {"fwd": best_time(t_fwd, repeats), "fwd+bwd": best_time(t_fwd_bwd, repeats)}
+        for what in ("fwd", "fwd+bwd"):
+            label = f"{n_rois} RoIs on {'x'.join(map(str, shape))} {what}"
+            rows.append(compare({"op": label}, ours[what], theirs[what]))
+    print_table("roi_pool (7x7, scale 1/16, float32)", rows, ["op", "ours_ms", "torch_ms", "ratio"])
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------- nms
+@section("nms")
+def bench_nms(quick: bool, threads: int) -> dict:
+    """Greedy NMS over 2000 random boxes at IoU 0.3 and 0.7."""
+    torch = try_import_torch(threads)
+    tv_nms = None
+    if torch is not None:
+        try:
+            from torchvision.ops import nms as tv_nms
+        except ImportError:
+            pass
+    rng = np.random.default_rng(0)
+    boxes = random_rois(rng, 2000, 1, 500, 600)[:, 1:].astype(np.float32)
+    scores = rng.random(2000).astype(np.float32)
+    rows = []
+    for thr in (0.3, 0.7):
+        ours = best_time(lambda thr=thr: nms(boxes, scores, thr), 5 if quick else 20)
+        theirs = None
+        if tv_nms is not None:
+            tb, ts = torch.from_numpy(boxes), torch.from_numpy(scores)
+            theirs = best_time(
+                lambda thr=thr, tb=tb, ts=ts: tv_nms(tb, ts, thr), 5 if quick else 20
+            )
+        row = compare({"op": f"nms 2000 boxes @IoU {thr}"}, ours, theirs)
+        row["kept"] = len(nms(boxes, scores, thr))
+        rows.append(row)
+    print_table("nms", rows, ["op", "kept", "ours_ms", "torch_ms", "ratio"])
     return {"rows": rows}
 
 

@@ -5,6 +5,7 @@ from minircnn.layers.conv import Conv2d
 from minircnn.layers.linear import Dropout, Linear, ReLU
 from minircnn.layers.losses import SmoothL1Loss, SoftmaxCrossEntropy
 from minircnn.layers.pool import MaxPool2d
+from minircnn.layers.roi_pool import RoIPool
 
 __all__ = [
     "Conv2d",
@@ -13,6 +14,7 @@ __all__ = [
     "Linear",
     "MaxPool2d",
     "ReLU",
+    "RoIPool",
     "SmoothL1Loss",
     "SoftmaxCrossEntropy",
 ]

@@ -1,0 +1,1 @@
+"""Detection operations: box geometry and regression, NMS, RoI pooling (Numba)."""

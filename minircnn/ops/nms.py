@@ -1,0 +1,75 @@
+"""Greedy non-maximum suppression (Fast R-CNN section 3: applied per class at test time).
+
+Boxes are visited by descending score (ties: lower index first); each kept box suppresses
+every later box whose IoU with it exceeds the threshold. IoU uses the one ``pair_iou`` of
+``minircnn.ops.boxes`` (+1 convention).
+"""
+
+import numpy as np
+from numba import njit
+
+from minircnn.ops.boxes import pair_iou
+
+
+@njit(cache=True)
+def _greedy_nms(sorted_boxes, iou_threshold):
+    """sorted_boxes: float64 [B, 4] in visiting order -> bool [B], True where kept."""
+    n = sorted_boxes.shape[0]
+    keep = np.ones(n, dtype=np.bool_)
+    for i in range(n):
+        if not keep[i]:
+            continue
+        x1, y1, x2, y2 = (
+            sorted_boxes[i, 0],
+            sorted_boxes[i, 1],
+            sorted_boxes[i, 2],
+            sorted_boxes[i, 3],
+        )
+        for j in range(i + 1, n):
+            if keep[j]:
+                b = sorted_boxes[j]
+                if pair_iou(x1, y1, x2, y2, b[0], b[1], b[2], b[3]) > iou_threshold:
+                    keep[j] = False
+    return keep
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Indices (int64) of the boxes kept, by descending score.
+
+    boxes: ``[B, 4]``; scores: ``[B]`` finite. A box is dropped when its IoU with a kept,
+    higher-ranked box is ``> iou_threshold``.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"nms: expected boxes of shape [B, 4], got {boxes.shape}")
+    if scores.shape != (boxes.shape[0],):
+        raise ValueError(f"nms: expected scores of shape ({boxes.shape[0]},), got {scores.shape}")
+    if not np.all(np.isfinite(scores)) or not np.all(np.isfinite(boxes)):
+        raise ValueError("nms: boxes and scores must be finite")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"nms: iou_threshold must be in [0, 1], got {iou_threshold}")
+    order = np.argsort(-scores, kind="stable")  # stable: equal scores keep index order
+    keep = _greedy_nms(np.ascontiguousarray(boxes[order]), float(iou_threshold))
+    return order[keep].astype(np.int64)
+
+
+def batched_nms(
+    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float
+) -> np.ndarray:
+    """Per-class NMS: boxes of different ``labels [B]`` never suppress each other.
+
+    Shifts each class's boxes by ``label * (max coordinate + 2)`` so that classes cannot
+    overlap, then runs one ``nms``. Returns int64 indices by descending score.
+    """
+    boxes = np.asarray(boxes, dtype=np.float64)
+    labels = np.asarray(labels)
+    if labels.shape != (boxes.shape[0],):
+        raise ValueError(
+            f"batched_nms: expected labels of shape ({boxes.shape[0]},), got {labels.shape}"
+        )
+    if boxes.shape[0] == 0:
+        return np.empty(0, dtype=np.int64)
+    span = boxes.max() - min(boxes.min(), 0.0) + 2.0
+    shifted = boxes + (labels.astype(np.float64) * span)[:, None]
+    return nms(shifted, scores, iou_threshold)

@@ -1,0 +1,127 @@
+"""Box operations and NMS: hand-worked cases and hypothesis properties."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from minircnn.ops.boxes import (
+    MAX_LOG_SCALE,
+    TARGET_MEANS,
+    TARGET_STDS,
+    bbox_decode,
+    bbox_encode,
+    box_area,
+    box_iou,
+    clip_boxes,
+    flip_boxes,
+)
+from minircnn.ops.nms import batched_nms, nms
+
+
+def test_area_and_iou_by_hand():
+    a = np.array([[0, 0, 9, 9]])  # 10 x 10 = 100 (inclusive pixels)
+    b = np.array([[5, 5, 14, 14], [10, 0, 19, 9], [0, 0, 9, 9]])
+    np.testing.assert_array_equal(box_area(b), [100, 100, 100])
+    # overlap of the first: x 5..9, y 5..9 = 25 pixels; union 175
+    # the second touches at x = 10: no shared pixel
+    np.testing.assert_allclose(box_iou(a, b), [[25 / 175, 0.0, 1.0]])
+
+
+def test_clip_and_flip_by_hand():
+    boxes = np.array([[-3.0, 2.0, 12.0, 30.0, 1.0, -1.0, 5.0, 5.0]])  # two classes' boxes
+    np.testing.assert_array_equal(
+        clip_boxes(boxes, height=20, width=10), [[0, 2, 9, 19, 1, 0, 5, 5]]
+    )
+    np.testing.assert_array_equal(flip_boxes(np.array([[0.0, 1, 3, 4]]), 10), [[6, 1, 9, 4]])
+
+
+def test_encode_by_hand():
+    p = np.array([[0.0, 0.0, 9.0, 19.0]])  # centre (5, 10), size (10, 20)
+    g = np.array([[5.0, 0.0, 24.0, 9.0]])  # centre (15, 5), size (20, 10)
+    expected = [[10 / 10, -5 / 20, np.log(2), np.log(0.5)]]
+    np.testing.assert_allclose(bbox_encode(p, g), expected, rtol=1e-6)
+    normalised = bbox_encode(p, g, TARGET_MEANS, TARGET_STDS)
+    np.testing.assert_allclose(normalised, np.array(expected) / TARGET_STDS, rtol=1e-6)
+
+
+def test_decode_clamps_wild_sizes():
+    out = bbox_decode(np.array([[0.0, 0.0, 15.0, 15.0]]), np.array([[0.0, 0.0, 1e4, 1e4]]))
+    assert np.all(np.isfinite(out))
+    assert np.isclose(out[0, 2] - out[0, 0] + 1, 16 * np.exp(MAX_LOG_SCALE), rtol=1e-5)
+
+
+coord = st.floats(0, 500, allow_nan=False)
+size = st.floats(1, 300, allow_nan=False)
+moderate = st.floats(8, 300, allow_nan=False)
+
+
+@st.composite
+def boxes(draw, n=None, size=size):
+    k = draw(n if n is not None else st.integers(1, 12))
+    xs = draw(st.lists(coord, min_size=k, max_size=k))
+    ys = draw(st.lists(coord, min_size=k, max_size=k))
+    ws = draw(st.lists(size, min_size=k, max_size=k))
+    hs = draw(st.lists(size, min_size=k, max_size=k))
+    x, y, w, h = map(np.array, (xs, ys, ws, hs))
+    return np.stack([x, y, x + w - 1, y + h - 1], axis=1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes(), boxes())
+def test_iou_properties(a, b):
+    iou = box_iou(a, b)
+    np.testing.assert_allclose(iou, box_iou(b, a).T, rtol=1e-12)
+    assert np.all(iou >= 0) and np.all(iou <= 1 + 1e-12)
+    np.testing.assert_allclose(np.diag(box_iou(a, a)), 1.0, rtol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes(st.just(6), moderate), boxes(st.just(6), moderate))
+def test_decode_inverts_encode(p, g):
+    # sizes within 8..300 px keep every size ratio under the decode clamp (1000/16)
+    for means, stds in [(None, None), (TARGET_MEANS, TARGET_STDS)]:
+        deltas = bbox_encode(p, g, means, stds)
+        np.testing.assert_allclose(bbox_decode(p, deltas, means, stds), g, rtol=1e-4, atol=1e-2)
+
+
+def test_nms_by_hand():
+    b = np.array([[0, 0, 9, 9], [1, 1, 10, 10], [20, 20, 29, 29], [0, 0, 9, 9]], dtype=float)
+    s = np.array([0.9, 0.8, 0.7, 0.9])
+    # box 1 overlaps box 0 with IoU 81/119 = 0.68; boxes 0 and 3 tie on score -> 0 first
+    np.testing.assert_array_equal(nms(b, s, 0.5), [0, 2])
+    np.testing.assert_array_equal(nms(b, s, 0.7), [0, 1, 2])
+    assert nms(b, s, 1.0).tolist() == [0, 3, 1, 2]  # nothing exceeds IoU 1
+    assert nms(np.zeros((0, 4)), np.zeros(0), 0.5).dtype == np.int64
+
+
+@settings(max_examples=60, deadline=None)
+@given(boxes(st.integers(1, 40)), st.floats(0.1, 0.9), st.integers(0, 2**31 - 1))
+def test_nms_properties(b, thr, seed):
+    scores = np.random.default_rng(seed).random(len(b))
+    keep = nms(b, scores, thr)
+    iou = box_iou(b, b)
+    kept = set(keep.tolist())
+    assert np.all(np.diff(scores[keep]) <= 0)  # by descending score
+    for i in keep:
+        for j in keep:
+            assert i == j or iou[i, j] <= thr
+    for d in set(range(len(b))) - kept:
+        # every dropped box overlaps a kept box that ranks above it
+        assert any(iou[d, k] > thr and (scores[k], -k) > (scores[d], -d) for k in kept)
+
+
+def test_batched_nms_keeps_classes_apart():
+    b = np.array([[0, 0, 9, 9], [0, 0, 9, 9], [1, 1, 9, 9]], dtype=float)
+    s = np.array([0.9, 0.8, 0.7])
+    labels = np.array([1, 2, 1])
+    np.testing.assert_array_equal(batched_nms(b, s, labels, 0.5), [0, 1])
+
+
+def test_nms_bad_input():
+    with pytest.raises(ValueError, match=r"shape \[B, 4\]"):
+        nms(np.zeros((3, 3)), np.zeros(3), 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        nms(np.zeros((1, 4)), np.array([np.nan]), 0.5)
+    with pytest.raises(ValueError, match="iou_threshold"):
+        nms(np.zeros((1, 4)), np.zeros(1), 1.5)
