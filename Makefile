@@ -17,6 +17,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	$(PY) -m minircnn.data.toyvoc --tiny --out data/toyvoc --preview
+	$(PY) -m minircnn.data.voc --check data/toyvoc
 	$(PY) -m minircnn.bench --quick
 
 test: $(VENV)/.installed-dev

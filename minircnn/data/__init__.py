@@ -1,0 +1,1 @@
+"""Data: the toy VOC generator, the VOCdevkit reader, and mini-batch sampling."""

@@ -1,0 +1,60 @@
+"""Pictures: images with boxes, sample grids (matplotlib, no screen needed)."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; works on machines without a display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+_COLOURS = plt.get_cmap("tab10").colors
+
+
+def draw_boxes(ax, image, boxes, labels, class_names, scores=None, difficult=None) -> None:
+    """Show ``image`` (uint8 [H, W, 3]) on ``ax`` with boxes ``[G, 4]`` (0-based inclusive),
+    labels ``[G]`` in 1..K named by ``class_names[label - 1]``, optional scores ``[G]``;
+    difficult objects are drawn dashed."""
+    ax.imshow(image)
+    ax.set_axis_off()
+    for k, (box, label) in enumerate(zip(boxes, labels, strict=True)):
+        x1, y1, x2, y2 = box
+        colour = _COLOURS[(int(label) - 1) % len(_COLOURS)]
+        dashed = difficult is not None and difficult[k]
+        # a pixel-inclusive box covers [x1 - 0.5, x2 + 0.5] in matplotlib's pixel-centre axes
+        rect = plt.Rectangle(
+            (x1 - 0.5, y1 - 0.5), x2 - x1 + 1, y2 - y1 + 1, fill=False, edgecolor=colour,
+            linewidth=1.5, linestyle="--" if dashed else "-",
+        )  # fmt: skip
+        ax.add_patch(rect)
+        text = class_names[int(label) - 1]
+        if scores is not None:
+            text += f" {scores[k]:.2f}"
+        ax.text(x1, y1 - 2, text, fontsize=7, color="white", va="bottom",
+                bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})  # fmt: skip
+
+
+def save_preview(dataset, path: str | Path = "runs/toyvoc_preview.png", n: int = 12) -> Path:
+    """A grid of the first ``n`` images of a VOCDataset with their ground-truth boxes."""
+    n = min(n, len(dataset))
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i in range(n):
+        item = dataset[i]
+        draw_boxes(axes.ravel()[i], dataset.load_image(i), item.boxes, item.labels,
+                   dataset.classes, difficult=item.difficult)  # fmt: skip
+        axes.ravel()[i].set_title(item.image_id, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """Write a figure (creating folders) and close it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
