@@ -271,6 +271,70 @@ def bench_nms(quick: bool, threads: int) -> dict:
     return {"rows": rows}
 
 
+# ---------------------------------------------------------------- proposals
+@section("proposals")
+def bench_proposals(quick: bool, threads: int) -> dict:
+    """Selective search "fast" on 20 toy test images and 5 bundled photographs, beside
+    OpenCV's ximgproc selective search fast mode (when opencv-contrib is installed)."""
+    import skimage.data
+
+    from minircnn.data.voc import VOCDataset
+    from minircnn.proposals.__main__ import recall_table
+    from minircnn.proposals.selective_search import selective_search
+
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+        make_cv_ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation
+    except (ImportError, AttributeError):
+        make_cv_ss = None
+    n_toy = 5 if quick else 20
+    try:
+        toy = VOCDataset("data/toyvoc", split="test", use_difficult=True)
+    except (OSError, ValueError):
+        print("\n(no data/toyvoc: run python -m minircnn.data.toyvoc --tiny for the toy rows)")
+        toy = []
+    sets = {"toy test": [toy.load_image(i) for i in range(min(n_toy, len(toy)))]}
+    photos = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+    sets["skimage photos"] = [getattr(skimage.data, name)() for name in photos[: 2 if quick else 5]]
+    selective_search(sets["skimage photos"][0][:64, :64])  # compile outside the timing
+
+    def ours(img):
+        return selective_search(img)
+
+    def opencv(img):
+        ss = make_cv_ss()
+        bgr = np.ascontiguousarray((img if img.ndim == 3 else np.dstack([img] * 3))[..., ::-1])
+        ss.setBaseImage(bgr)
+        ss.switchToSelectiveSearchFast()
+        xywh = ss.process().astype(np.float32)
+        return np.column_stack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1])
+
+    rows = []
+    for name, images in sets.items():
+        if not images:
+            continue
+        row = {"images": f"{name} ({len(images)})"}
+        for side, fn in (("ours", ours), ("opencv", opencv if make_cv_ss else None)):
+            if fn is None:
+                continue
+            t0 = time.perf_counter()
+            boxes = [fn(img) for img in images]
+            row[f"{side}_s/img"] = (time.perf_counter() - t0) / len(images)
+            row[f"{side}_boxes"] = float(np.mean([len(b) for b in boxes]))
+            if name == "toy test":
+                items = [toy[i] for i in range(len(images))]
+                row[f"{side}_recall@0.5"] = recall_table(items, boxes, (2000,))[0.5][2000]
+        if "opencv_s/img" in row:
+            row["ratio"] = row["ours_s/img"] / row["opencv_s/img"]
+        rows.append(row)
+    columns = ["images", "ours_s/img", "ours_boxes", "ours_recall@0.5", "opencv_s/img",
+               "opencv_boxes", "opencv_recall@0.5", "ratio"]  # fmt: skip
+    print_table("proposals (selective search fast)", rows, columns)
+    return {"rows": rows}
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
