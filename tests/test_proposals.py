@@ -97,3 +97,18 @@ def test_recall_table_by_hand():
     table = recall_table([Item()], props, budgets=(1, 2))
     assert table[0.5] == {1: 0.5, 2: 1.0}
     assert table[0.7] == {1: 0.5, 2: 0.5}
+
+
+def test_felzenszwalb_matches_scikit_image():
+    """Our Numba segmentation and scikit-image's implement the same algorithm: on an image
+    without tied edge weights they give the same partition (labels may be renumbered)."""
+    import skimage.segmentation
+
+    from minircnn.proposals.felzenszwalb import felzenszwalb
+
+    rng = np.random.default_rng(0)
+    image = np.clip(rng.random((60, 80, 3)) * 0.3 + np.linspace(0, 0.7, 80)[None, :, None], 0, 1)
+    ours = felzenszwalb(image, k=50, sigma=0.8, min_size=20)
+    theirs = skimage.segmentation.felzenszwalb(image, scale=50, sigma=0.8, min_size=20)
+    pairs = np.unique(np.stack([ours.ravel(), theirs.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(ours)) == len(np.unique(theirs))

@@ -2,7 +2,8 @@
 
 Fast R-CNN takes its RoIs from selective search "fast" mode (~2000 per image). The idea:
 
-1. Over-segment the image (Felzenszwalb & Huttenlocher's graph segmentation, parameter k).
+1. Over-segment the image (Felzenszwalb & Huttenlocher's graph segmentation, parameter k;
+   ``minircnn.proposals.felzenszwalb``).
 2. Greedily merge the two most similar *neighbouring* regions until one is left; every
    region ever formed, initial or merged, is a proposal (its bounding box).
 3. Similarity (section 3.2) is a sum of four terms in [0, 1]:
@@ -26,9 +27,10 @@ import heapq
 
 import numpy as np
 import skimage.color
-import skimage.segmentation
 from numba import njit
 from scipy import ndimage
+
+from minircnn.proposals.felzenszwalb import felzenszwalb
 
 COLOUR_BINS = 25
 TEXTURE_BINS = 10
@@ -97,10 +99,8 @@ def initial_regions(image: np.ndarray, space: str = "hsv", k: int = 100) -> np.n
 
 
 def _felzenszwalb(scaled, k):
-    """Graph segmentation with threshold k (sigma 0.8 and min size k, as the paper's code);
-    labels relabelled to 0..n-1."""
-    labels = skimage.segmentation.felzenszwalb(scaled, scale=k, sigma=0.8, min_size=k)
-    return np.unique(labels, return_inverse=True)[1].reshape(labels.shape).astype(np.int64)
+    """Graph segmentation with threshold k, sigma 0.8 and minimum size k (the paper's code)."""
+    return felzenszwalb(scaled, k, sigma=0.8, min_size=k)
 
 
 # ---------------------------------------------------------------- per-pixel features
