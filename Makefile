@@ -19,6 +19,8 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m minircnn.data.toyvoc --tiny --out data/toyvoc --preview
 	$(PY) -m minircnn.data.voc --check data/toyvoc
+	$(PY) -m minircnn.proposals --root data/toyvoc --split trainval
+	$(PY) -m minircnn.proposals --root data/toyvoc --split test --recall
 	$(PY) -m minircnn.bench --quick
 
 test: $(VENV)/.installed-dev
