@@ -58,6 +58,15 @@ def try_import_torch(threads: int):
     return torch
 
 
+def torchvision_op(name: str):
+    """``torchvision.ops.<name>``, or None when torchvision is not installed."""
+    try:
+        import torchvision.ops
+    except ImportError:
+        return None
+    return getattr(torchvision.ops, name)
+
+
 def sgemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     """NumPy float32 matrix product GFLOP/s: the practical ceiling for this machine."""
     rng = np.random.default_rng(0)
@@ -196,12 +205,7 @@ def random_rois(rng: np.random.Generator, n: int, n_img: int, height: int, width
 def bench_roi_pool(quick: bool, threads: int) -> dict:
     """RoI max pooling 7x7 at scale 1/16, forward and forward+backward."""
     torch = try_import_torch(threads)
-    tv_roi_pool = None
-    if torch is not None:
-        try:
-            from torchvision.ops import roi_pool as tv_roi_pool
-        except ImportError:
-            pass
+    tv_roi_pool = torchvision_op("roi_pool")
     repeats = 5 if quick else 20
     rng = np.random.default_rng(0)
     cases = [(256, (2, 256, 14, 14)), (512, (2, 512, 38, 50))]
@@ -246,12 +250,7 @@ def bench_roi_pool(quick: bool, threads: int) -> dict:
 def bench_nms(quick: bool, threads: int) -> dict:
     """Greedy NMS over 2000 random boxes at IoU 0.3 and 0.7."""
     torch = try_import_torch(threads)
-    tv_nms = None
-    if torch is not None:
-        try:
-            from torchvision.ops import nms as tv_nms
-        except ImportError:
-            pass
+    tv_nms = torchvision_op("nms")
     rng = np.random.default_rng(0)
     boxes = random_rois(rng, 2000, 1, 500, 600)[:, 1:].astype(np.float32)
     scores = rng.random(2000).astype(np.float32)
