@@ -328,8 +328,16 @@ def bench_proposals(quick: bool, threads: int) -> dict:
         if "opencv_s/img" in row:
             row["ratio"] = row["ours_s/img"] / row["opencv_s/img"]
         rows.append(row)
-    columns = ["images", "ours_s/img", "ours_boxes", "ours_recall@0.5", "opencv_s/img",
-               "opencv_boxes", "opencv_recall@0.5", "ratio"]  # fmt: skip
+    columns = [
+        "images",
+        "ours_s/img",
+        "ours_boxes",
+        "ours_recall@0.5",
+        "opencv_s/img",
+        "opencv_boxes",
+        "opencv_recall@0.5",
+        "ratio",
+    ]
     print_table("proposals (selective search fast)", rows, columns)
     return {"rows": rows}
 

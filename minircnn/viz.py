@@ -23,15 +23,27 @@ def draw_boxes(ax, image, boxes, labels, class_names, scores=None, difficult=Non
         dashed = difficult is not None and difficult[k]
         # a pixel-inclusive box covers [x1 - 0.5, x2 + 0.5] in matplotlib's pixel-centre axes
         rect = plt.Rectangle(
-            (x1 - 0.5, y1 - 0.5), x2 - x1 + 1, y2 - y1 + 1, fill=False, edgecolor=colour,
-            linewidth=1.5, linestyle="--" if dashed else "-",
-        )  # fmt: skip
+            (x1 - 0.5, y1 - 0.5),
+            x2 - x1 + 1,
+            y2 - y1 + 1,
+            fill=False,
+            edgecolor=colour,
+            linewidth=1.5,
+            linestyle="--" if dashed else "-",
+        )
         ax.add_patch(rect)
         text = class_names[int(label) - 1]
         if scores is not None:
             text += f" {scores[k]:.2f}"
-        ax.text(x1, y1 - 2, text, fontsize=7, color="white", va="bottom",
-                bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0})  # fmt: skip
+        ax.text(
+            x1,
+            y1 - 2,
+            text,
+            fontsize=7,
+            color="white",
+            va="bottom",
+            bbox={"facecolor": colour, "alpha": 0.8, "pad": 1, "linewidth": 0},
+        )
 
 
 def save_preview(dataset, path: str | Path = "runs/toyvoc_preview.png", n: int = 12) -> Path:
@@ -44,8 +56,14 @@ def save_preview(dataset, path: str | Path = "runs/toyvoc_preview.png", n: int =
         ax.set_axis_off()
     for i in range(n):
         item = dataset[i]
-        draw_boxes(axes.ravel()[i], dataset.load_image(i), item.boxes, item.labels,
-                   dataset.classes, difficult=item.difficult)  # fmt: skip
+        draw_boxes(
+            axes.ravel()[i],
+            dataset.load_image(i),
+            item.boxes,
+            item.labels,
+            dataset.classes,
+            difficult=item.difficult,
+        )
         axes.ravel()[i].set_title(item.image_id, fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -178,8 +178,13 @@ def test_check_reports_every_problem(tmp_path, capsys):
     with warnings.catch_warnings():
         problems = check_devkit(root)
     text = "\n".join(map(str, problems))
-    for expected in ("inverted box", "unknown class name", "clipped", "image is 41x30",
-                     "test.txt: image-set file not found"):  # fmt: skip
+    for expected in (
+        "inverted box",
+        "unknown class name",
+        "clipped",
+        "image is 41x30",
+        "test.txt: image-set file not found",
+    ):
         assert expected in text
     assert main(["--check", str(root)]) == 1
     assert "error(s)" in capsys.readouterr().out

@@ -137,7 +137,7 @@ def test_im2col_col2im_are_adjoint():
     # <im2col(x), c> == <x, col2im(c)> for any x, c: col2im is exactly the transpose.
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 7, 6))
-    cols = np.empty((2, 3 * 9, 4 * 3))
+    cols = np.empty((3 * 9, 2 * 4 * 3))
     im2col(x, 3, 3, 2, 1, cols)
     c = rng.standard_normal(cols.shape)
     back = np.empty_like(x)
@@ -222,8 +222,9 @@ def test_linear_reference_and_gradcheck(batch):
     x = rng.standard_normal((batch, 7))
     y = layer.forward(x)
     w, b = layer.params["weight"], layer.params["bias"]
-    ref = np.array([[sum(w[o, i] * x[r, i] for i in range(7)) + b[o] for o in range(5)]
-                    for r in range(batch)])  # fmt: skip
+    ref = np.array(
+        [[sum(w[o, i] * x[r, i] for i in range(7)) + b[o] for o in range(5)] for r in range(batch)]
+    )
     np.testing.assert_allclose(y, ref, rtol=1e-12)
     assert max(layer_gradcheck(layer, x).values()) < TOL
 
@@ -326,3 +327,7 @@ def test_smooth_l1():
 def test_relative_error_definition():
     assert relative_error(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 0.0
     assert np.isclose(relative_error(np.array([1.0]), np.array([1.1])), 0.1 / 1.1)
+
+
+def test_relu_propagates_nan():
+    assert np.isnan(ReLU().forward(np.array([np.nan, -1.0, 2.0]))[0])

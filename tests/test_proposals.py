@@ -76,14 +76,16 @@ def test_cache_round_trip_and_staleness(tmp_path, monkeypatch):
     assert len(calls) == 2  # served from the cache
     for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(a, b)
-    cache.load_or_compute(ds, cache.ProposalConfig(mode="single", max_proposals=40),
-                          tmp_path / "cache", jobs=1)  # fmt: skip
+    cache.load_or_compute(
+        ds, cache.ProposalConfig(mode="single", max_proposals=40), tmp_path / "cache", jobs=1
+    )
     assert len(calls) == 4  # other parameters: stale
     # a changed image: stale again
     path = ds[0].path
     path.write_bytes(path.read_bytes() + b"\0")
-    cache.load_or_compute(ds, cache.ProposalConfig(mode="single", max_proposals=40),
-                          tmp_path / "cache", jobs=1)  # fmt: skip
+    cache.load_or_compute(
+        ds, cache.ProposalConfig(mode="single", max_proposals=40), tmp_path / "cache", jobs=1
+    )
     assert len(calls) == 6
 
 

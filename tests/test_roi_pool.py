@@ -10,11 +10,9 @@ from minircnn.layers import RoIPool
 from minircnn.ops.roi_pool import roi_pool, roi_pool_backward
 
 F4 = np.array(
-    [[1, 8, 3, 4],
-     [5, 2, 7, 16],
-     [9, 14, 11, 12],
-     [13, 10, 15, 6]], dtype=np.float64,
-)[None, None]  # fmt: skip
+    [[1, 8, 3, 4], [5, 2, 7, 16], [9, 14, 11, 12], [13, 10, 15, 6]],
+    dtype=np.float64,
+)[None, None]
 
 
 def pool(features, rois, p, scale=1.0):

@@ -31,10 +31,17 @@ from PIL import Image
 CLASSES = ("disc", "box", "triangle", "cross", "star")
 PALETTE = np.array(
     [
-        [220, 40, 40], [40, 170, 60], [40, 80, 220], [235, 200, 40],
-        [200, 60, 200], [30, 190, 200], [245, 130, 30], [240, 240, 240],
-    ], dtype=np.float32,
-)  # fmt: skip
+        [220, 40, 40],
+        [40, 170, 60],
+        [40, 80, 220],
+        [235, 200, 40],
+        [200, 60, 200],
+        [30, 190, 200],
+        [245, 130, 30],
+        [240, 240, 240],
+    ],
+    dtype=np.float32,
+)
 _COLOUR_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field")
 _GRAY_PHOTOS = ("camera", "moon", "brick", "grass", "gravel", "coins", "clock")
 TINY = {"train": 100, "val": 100, "test": 100}

@@ -1,14 +1,16 @@
-"""2-D convolution as im2col + one matrix product per image.
+"""2-D convolution as im2col + one matrix product for the whole batch.
 
 For an input ``x [N, C, H, W]`` and weight ``[F, C, kH, kW]`` the output is
 ``y [N, F, H', W']`` with ``H' = 1 + (H + 2*pad - kH) // stride`` (likewise ``W'``).
 
-im2col unrolls every receptive field of image n into a column of
-``cols[n]  [C*kH*kW, H'*W']`` (row ``(c*kH + i)*kW + j``), so that the convolution becomes
-``y[n] = W2 @ cols[n]`` with ``W2 = weight.reshape(F, C*kH*kW)``. That product already lies
-in NCHW order, so no transpose or copy follows it. The products run in BLAS (NumPy's
-matmul, on every core); the unrolling and its adjoint (col2im) are the Numba kernels here,
-parallel over (image, channel) pairs, which never write to the same place.
+im2col unrolls every receptive field into a column of ``cols [C*kH*kW, N*H'*W']`` (row
+``(c*kH + i)*kW + j``, column ``n*H'*W' + h*W' + w``), so the convolution of the whole
+batch is one product ``W2 @ cols`` with ``W2 = weight.reshape(F, C*kH*kW)``. One large
+product keeps BLAS efficient even for a batch of many small maps (pre-training crops);
+its ``[F, N, H'W']`` result is reordered to NCHW in the same pass that adds the bias. The
+products run in BLAS (NumPy's matmul, on every core); the unrolling and its adjoint
+(col2im) are the Numba kernels here, parallel over (image, channel) pairs, which never
+write to the same place.
 """
 
 import numpy as np
@@ -44,7 +46,7 @@ def _valid_range(pad_minus_offset, stride, size_in, size_out):
 
 @njit(parallel=True, cache=True)
 def im2col(x, kh, kw, stride, pad, cols):
-    """Unroll receptive fields. x: [N, C, H, W]; cols (output): [N, C*kh*kw, H'*W']."""
+    """Unroll receptive fields. x: [N, C, H, W]; cols (output): [C*kh*kw, N*H'*W']."""
     n_img, n_ch, h_in, w_in = x.shape
     h_out = (h_in + 2 * pad - kh) // stride + 1
     w_out = (w_in + 2 * pad - kw) // stride + 1
@@ -56,7 +58,7 @@ def im2col(x, kh, kw, stride, pad, cols):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
                 ow_lo, ow_hi = _valid_range(pad - j, stride, w_in, w_out)
-                dst = cols[n, row]
+                dst = cols[row, n * h_out * w_out : (n + 1) * h_out * w_out]  # image n's part
                 dst[: oh_lo * w_out] = 0.0
                 dst[oh_hi * w_out :] = 0.0
                 for oh in range(oh_lo, oh_hi):
@@ -73,7 +75,8 @@ def im2col(x, kh, kw, stride, pad, cols):
 
 @njit(parallel=True, cache=True)
 def col2im(dcols, kh, kw, stride, pad, dx):
-    """Adjoint of im2col: sum column gradients back into dx [N, C, H, W] (overwritten).
+    """Adjoint of im2col: sum dcols [C*kh*kw, N*H'*W'] back into dx [N, C, H, W]
+    (overwritten).
 
     Each (n, c) plane only receives from its own kh*kw rows, so the parallel loop is
     race-free and the sum order is fixed (deterministic).
@@ -92,31 +95,31 @@ def col2im(dcols, kh, kw, stride, pad, dx):
                 ow_lo, ow_hi = _valid_range(pad - j, stride, w_in, w_out)
                 for oh in range(oh_lo, oh_hi):
                     h = oh * stride - pad + i
-                    base = oh * w_out
+                    base = (n * h_out + oh) * w_out
                     for ow in range(ow_lo, ow_hi):
-                        dx[n, c, h, ow * stride - pad + j] += dcols[n, row, base + ow]
+                        dx[n, c, h, ow * stride - pad + j] += dcols[row, base + ow]
 
 
 def conv2d_forward(x, weight, bias, stride, pad, cols=None):
     """Convolution forward.
 
     x: [N, C, H, W]; weight: [F, C, kH, kW]; bias: [F]; all the same float dtype.
-    Returns ``y [N, F, H', W']`` and ``cols [N, C*kH*kW, H'*W']`` (kept for backward).
+    Returns ``y [N, F, H', W']`` and ``cols [C*kH*kW, N*H'*W']`` (kept for backward).
     ``cols`` may be passed in to be reused (large fresh arrays cost page faults).
     """
     n_img, _, h_in, w_in = x.shape
     n_filt, n_ch, kh, kw = weight.shape
     h_out = conv_output_size(h_in, kh, stride, pad)
     w_out = conv_output_size(w_in, kw, stride, pad)
-    cols_shape = (n_img, n_ch * kh * kw, h_out * w_out)
+    cols_shape = (n_ch * kh * kw, n_img * h_out * w_out)
     if cols is None or cols.shape != cols_shape or cols.dtype != x.dtype:
         cols = np.empty(cols_shape, dtype=x.dtype)
     im2col(x, kh, kw, stride, pad, cols)
     w2 = weight.reshape(n_filt, n_ch * kh * kw)  # [F, C*kH*kW], a view
+    y2 = w2 @ cols  # [F, Ckk] @ [Ckk, N*H'W'] -> [F, N*H'W']
     y = np.empty((n_img, n_filt, h_out * w_out), dtype=x.dtype)
-    for n in range(n_img):
-        np.matmul(w2, cols[n], out=y[n])  # [F, Ckk] @ [Ckk, H'W'] -> [F, H'W']
-    y += bias[None, :, None]
+    # [F, N, H'W'] -> [N, F, H'W'], fused with the bias add
+    np.add(y2.reshape(n_filt, n_img, -1).transpose(1, 0, 2), bias[None, :, None], out=y)
     return y.reshape(n_img, n_filt, h_out, w_out), cols
 
 
@@ -129,18 +132,16 @@ def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=
     """
     n_img = dy.shape[0]
     n_filt, n_ch, kh, kw = weight.shape
-    dy2 = dy.reshape(n_img, n_filt, -1)  # [N, F, H'W'], a view
+    # [N, F, H'W'] -> [F, N*H'W'], the column order of cols (a copy unless N == 1)
+    dy2 = dy.reshape(n_img, n_filt, -1).transpose(1, 0, 2).reshape(n_filt, -1)
     w2 = weight.reshape(n_filt, n_ch * kh * kw)
-    dw2 = np.matmul(dy2[0], cols[0].T)  # [F, H'W'] @ [H'W', Ckk]; BLAS reads .T in place
-    for n in range(1, n_img):
-        dw2 += dy2[n] @ cols[n].T
-    dbias = dy2.sum(axis=(0, 2))
+    dw2 = dy2 @ cols.T  # [F, N*H'W'] @ [N*H'W', Ckk]; BLAS reads .T in place
+    dbias = dy2.sum(axis=1)
     dx = None
     if need_dx:
         if dcols is None or dcols.shape != cols.shape or dcols.dtype != cols.dtype:
             dcols = np.empty_like(cols)
-        for n in range(n_img):
-            np.matmul(w2.T, dy2[n], out=dcols[n])  # [Ckk, F] @ [F, H'W']
+        np.matmul(w2.T, dy2, out=dcols)  # [Ckk, F] @ [F, N*H'W']
         dx = np.empty(x_shape, dtype=dy.dtype)
         col2im(dcols, kh, kw, stride, pad, dx)
     return dx, dw2.reshape(weight.shape), dbias

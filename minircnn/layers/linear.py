@@ -26,10 +26,11 @@ def linear_backward(dy, x, weight):
 
 @njit(parallel=True, cache=True)
 def relu_forward(x, y):
-    """y = max(x, 0), element-wise over flat arrays of equal size."""
+    """y = max(x, 0), element-wise over flat arrays of equal size; NaN stays NaN (so a
+    diverging network shows in the loss instead of being silently zeroed)."""
     for i in prange(x.size):
         v = x[i]
-        y[i] = v if v > 0 else 0.0
+        y[i] = 0.0 if v <= 0 else v
 
 
 @njit(parallel=True, cache=True)

@@ -11,6 +11,8 @@ The ``[u >= 1]`` indicator and "true class only" selection are both expressed as
 per-element weights on SmoothL1Loss, so the loss itself stays a plain element-wise sum.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -170,3 +172,33 @@ class SmoothL1Loss(Layer):
         dpred = np.empty_like(pred)
         smooth_l1_backward(pred, target, weights, self.beta, float(dloss), dpred)
         return dpred
+
+
+class LossTuple(NamedTuple):
+    """The multi-task loss and its two terms (eq. 1), for logs and plots."""
+
+    total: float
+    cls: float
+    loc: float
+
+
+class MultiTaskLoss:
+    """``L = L_cls + lambda * [u >= 1] * L_loc`` (Fast R-CNN eq. 1), lambda = 1 in the paper.
+
+    forward(cls_score [R, K+1], bbox_pred [R, 4(K+1)], labels [R], bbox_targets
+    [R, 4(K+1)], bbox_weights [R, 4(K+1)]) -> LossTuple; backward() -> (dcls, dbbox).
+    ``bbox_weights`` is 1 on the 4 columns of a foreground RoI's true class, else 0.
+    """
+
+    def __init__(self, loc_weight: float = 1.0) -> None:
+        self.loc_weight = loc_weight
+        self.cls_loss = SoftmaxCrossEntropy()
+        self.loc_loss = SmoothL1Loss(beta=1.0)
+
+    def forward(self, cls_score, bbox_pred, labels, bbox_targets, bbox_weights) -> LossTuple:
+        cls = self.cls_loss.forward(cls_score, labels)
+        loc = self.loc_loss.forward(bbox_pred, bbox_targets, bbox_weights)
+        return LossTuple(cls + self.loc_weight * loc, cls, loc)
+
+    def backward(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.cls_loss.backward(1.0), self.loc_loss.backward(self.loc_weight)

@@ -44,6 +44,7 @@ def load_or_compute(
     cache_dir: str | Path = "data/proposals",
     jobs: int = -1,
     backend: str | None = None,
+    progress: bool = True,
 ) -> list[np.ndarray]:
     """Proposals (float32 ``[P_i, 4]``) for every image of ``dataset``, in its order.
 
@@ -61,7 +62,12 @@ def load_or_compute(
     tasks = (delayed(_one_image)(item.path, config) for item in dataset)
     with Parallel(n_jobs=jobs, backend=backend, return_as="generator") as parallel:
         proposals = list(
-            tqdm(parallel(tasks), total=len(dataset), desc=f"selective search ({dataset.split})")
+            tqdm(
+                parallel(tasks),
+                total=len(dataset),
+                desc=f"selective search ({dataset.split})",
+                disable=not progress,
+            )
         )
     _write(path, ids, fingerprint, params, proposals)
     return proposals

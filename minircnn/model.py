@@ -1,0 +1,388 @@
+"""The networks: a small VGG-style backbone, the pre-training classifier, and Fast R-CNN.
+
+Fast R-CNN (Girshick 2015, section 2, figure 1):
+
+    image [N, 3, H, W] -> backbone convs -> feature map [N, C, H/s, W/s]      (once per image)
+    RoIs [R, 5] -> RoI max pooling P x P -> [R, C*P*P] -> fc6 -> fc7         (per RoI)
+         -> cls_score [R, K+1] (softmax over K classes + background)
+         -> bbox_pred [R, 4(K+1)] (class-specific box regression)
+
+The backbone is pre-trained as a ``Classifier`` (backbone + last max-pool + fc6 + fc7 +
+softmax) and converted as in section 2.2: the last max-pool becomes RoI pooling whose
+P x P output matches what fc6 was trained on, and the last FC + softmax are replaced by
+the two sibling heads. Checkpoints (atomic ``.npz``) carry everything detection needs.
+"""
+
+import json
+import os
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from minircnn.layers import Conv2d, Dropout, Linear, MaxPool2d, ReLU, RoIPool
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network shape; comments give what the paper's VGG16 uses."""
+
+    num_classes: int  # K object classes, background not counted (VOC: 20)
+    conv_channels: tuple[int, ...] = (
+        16,
+        32,
+        64,
+        128,
+    )  # one 3x3 conv+ReLU per block (VGG16: 13 convs in 5 blocks)
+    roi_size: int = 4  # P: RoI pooling output P x P (VGG16: 7)
+    fc_dims: tuple[int, int] = (256, 256)  # fc6, fc7 widths (VGG16: 4096, 4096)
+    dropout: float = 0.5  # after fc6 and fc7 (VGG16: 0.5)
+    freeze_blocks: int = 1  # leading conv blocks kept fixed when fine-tuning (VGG16: conv1-2)
+
+    @property
+    def stride(self) -> int:
+        """Feature-map stride: a 2x2 max-pool after every block but the last."""
+        return 2 ** (len(self.conv_channels) - 1)
+
+    @property
+    def crop_size(self) -> int:
+        """Classifier input size: the last max-pool halves the map to roi_size."""
+        return 2 * self.stride * self.roi_size
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Inverse of ``asdict``; unknown keys are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown keys {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+class StageTimer:
+    """Wall time per named stage, summed over calls (for per-stage timing reports)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.totals[name] += time.perf_counter() - t0
+
+
+class Backbone:
+    """conv3x3+ReLU blocks with a 2x2 max-pool between blocks (none after the last).
+
+    ``frozen_blocks`` leading blocks are left out of backward: no gradient is computed for
+    them or for their inputs (section 4.5: the first layers are generic and cheap to keep).
+    """
+
+    def __init__(self, channels, dtype, rng, frozen_blocks: int = 0) -> None:
+        self.convs, self.relus, self.pools = [], [], []
+        c_in = 3
+        for b, c_out in enumerate(channels):
+            self.convs.append(Conv2d(c_in, c_out, 3, padding=1, dtype=dtype, rng=rng))
+            self.relus.append(ReLU())
+            self.pools.append(MaxPool2d(2) if b < len(channels) - 1 else None)
+            c_in = c_out
+        self.out_channels = c_in
+        self.set_frozen(frozen_blocks)
+
+    def set_frozen(self, n: int) -> None:
+        if not 0 <= n < len(self.convs):
+            raise ValueError(f"freeze_blocks must be in [0, {len(self.convs) - 1}], got {n}")
+        self.frozen_blocks = n
+        for b, conv in enumerate(self.convs):
+            conv.need_input_grad = b > n  # the lowest trained block needs no input gradient
+
+    def forward(self, x, timer):
+        for conv, relu, pool in zip(self.convs, self.relus, self.pools, strict=True):
+            with timer("conv_forward"):
+                x = relu.forward(conv.forward(x))
+                if pool is not None:
+                    x = pool.forward(x)
+        return x
+
+    def backward(self, dy, timer):
+        blocks = list(zip(self.convs, self.relus, self.pools, strict=True))
+        with timer("conv_backward"):
+            for conv, relu, pool in reversed(blocks[self.frozen_blocks :]):
+                if pool is not None:
+                    dy = pool.backward(dy)
+                dy = conv.backward(relu.backward(dy))
+
+    def named_layers(self):
+        return [(f"conv{b + 1}", conv) for b, conv in enumerate(self.convs)]
+
+    def trainable_names(self):
+        return [f"conv{b + 1}" for b in range(self.frozen_blocks, len(self.convs))]
+
+
+class FCHead:
+    """fc6 -> ReLU -> dropout -> fc7 -> ReLU -> dropout, on flattened pooled features."""
+
+    def __init__(self, in_features, dims, dropout, dtype, rng) -> None:
+        self.fc6 = Linear(in_features, dims[0], dtype=dtype, rng=rng)
+        self.fc7 = Linear(dims[0], dims[1], dtype=dtype, rng=rng)
+        self.seq = [
+            self.fc6,
+            ReLU(),
+            Dropout(dropout, rng),
+            self.fc7,
+            ReLU(),
+            Dropout(dropout, rng),
+        ]
+
+    def forward(self, x):
+        for layer in self.seq:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.seq):
+            dy = layer.backward(dy)
+        return dy
+
+
+class _Network:
+    """What both networks share: named parameters, gradients, train/eval."""
+
+    kind = ""
+
+    def named_layers(self) -> list[tuple[str, object]]:
+        raise NotImplementedError
+
+    def trainable_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def params(self, trainable_only: bool = False) -> dict[str, np.ndarray]:
+        """``{"conv1.weight": array, ...}``; the arrays are the layers' own (updated in place)."""
+        keep = set(self.trainable_names()) if trainable_only else None
+        return {
+            f"{name}.{key}": value
+            for name, layer in self.named_layers()
+            if keep is None or name in keep
+            for key, value in layer.params.items()
+        }
+
+    def grads(self) -> dict[str, np.ndarray]:
+        """Gradients of the trainable parameters from the last backward."""
+        keep = set(self.trainable_names())
+        return {
+            f"{name}.{key}": value
+            for name, layer in self.named_layers()
+            if name in keep
+            for key, value in layer.grads.items()
+        }
+
+    def load_params(self, arrays: dict[str, np.ndarray], source: str = "checkpoint") -> None:
+        """Copy arrays into the parameters; names and shapes must match exactly."""
+        own = self.params()
+        if set(own) != set(arrays):
+            missing, extra = sorted(set(own) - set(arrays)), sorted(set(arrays) - set(own))
+            raise ValueError(
+                f"{source} does not match the model: missing {missing}, unexpected {extra}"
+            )
+        for name, p in own.items():
+            if p.shape != arrays[name].shape:
+                raise ValueError(
+                    f"{source} does not match the model: {name} has shape "
+                    f"{arrays[name].shape}, the model expects {p.shape}"
+                )
+            p[...] = arrays[name]
+
+    def _dropouts(self):
+        return [layer for layer in self.head.seq if isinstance(layer, Dropout)]
+
+    def train(self):
+        for d in self._dropouts():
+            d.train()
+        return self
+
+    def eval(self):
+        for d in self._dropouts():
+            d.eval()
+        return self
+
+
+class Classifier(_Network):
+    """Pre-training network: backbone -> 2x2 max-pool -> fc6 -> fc7 -> (K+1)-way scores.
+
+    Input crops ``[B, 3, S, S]`` with ``S = config.crop_size``; output scores ``[B, K+1]``
+    (class 0 = background). Stands in for ImageNet pre-training (section 2.2).
+    """
+
+    kind = "classifier"
+
+    def __init__(self, config: ModelConfig, rng=None, dtype=np.float32) -> None:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.config = config
+        self.timer = StageTimer()
+        self.backbone = Backbone(config.conv_channels, dtype, rng, frozen_blocks=0)
+        self.pool5 = MaxPool2d(2)  # the layer that RoI pooling replaces after conversion
+        flat = self.backbone.out_channels * config.roi_size**2
+        self.head = FCHead(flat, config.fc_dims, config.dropout, dtype, rng)
+        self.cls = Linear(config.fc_dims[1], config.num_classes + 1, dtype, rng, weight_std=0.01)
+
+    def forward(self, crops: np.ndarray) -> np.ndarray:
+        """crops [B, 3, S, S] -> scores [B, K+1]."""
+        pooled = self.pool5.forward(self.backbone.forward(crops, self.timer))
+        self._pooled_shape = pooled.shape
+        return self.cls.forward(self.head.forward(pooled.reshape(len(crops), -1)))
+
+    def backward(self, dscores: np.ndarray) -> None:
+        dflat = self.head.backward(self.cls.backward(dscores))
+        dpooled = dflat.reshape(self._pooled_shape)  # [B, C*P*P] -> [B, C, P, P]
+        self.backbone.backward(self.pool5.backward(dpooled), self.timer)
+
+    def named_layers(self):
+        return [
+            *self.backbone.named_layers(),
+            ("fc6", self.head.fc6),
+            ("fc7", self.head.fc7),
+            ("cls", self.cls),
+        ]
+
+    def trainable_names(self):
+        return [name for name, _ in self.named_layers()]
+
+
+class FastRCNN(_Network):
+    """Fast R-CNN: forward(images [N, 3, H, W], rois [R, 5]) -> (cls_score [R, K+1],
+    bbox_pred [R, 4(K+1)]); backward(dcls, dbbox) runs end to end through RoI pooling
+    into the trainable convs."""
+
+    kind = "fast_rcnn"
+
+    def __init__(self, config: ModelConfig, rng=None, dtype=np.float32) -> None:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.config = config
+        self.timer = StageTimer()
+        self.backbone = Backbone(config.conv_channels, dtype, rng, config.freeze_blocks)
+        self.roi_pool = RoIPool(config.roi_size, 1.0 / config.stride)
+        flat = self.backbone.out_channels * config.roi_size**2
+        self.head = FCHead(flat, config.fc_dims, config.dropout, dtype, rng)
+        k1 = config.num_classes + 1
+        # section 2.2: the new layers start from zero-mean Gaussians, std 0.01 and 0.001
+        self.cls_score = Linear(config.fc_dims[1], k1, dtype, rng, weight_std=0.01)
+        self.bbox_pred = Linear(config.fc_dims[1], 4 * k1, dtype, rng, weight_std=0.001)
+
+    @classmethod
+    def from_classifier(cls, classifier: Classifier, config: ModelConfig, rng=None) -> "FastRCNN":
+        """Section 2.2 conversion: keep the backbone, fc6 and fc7 of a pre-trained classifier;
+        its last max-pool becomes RoI pooling and its classifier gives way to new heads."""
+        if (config.conv_channels, config.roi_size, config.fc_dims) != (
+            classifier.config.conv_channels,
+            classifier.config.roi_size,
+            classifier.config.fc_dims,
+        ):
+            raise ValueError("from_classifier: the classifier's shape differs from the config's")
+        model = cls(config, rng)
+        kept = {k: v for k, v in classifier.params().items() if not k.startswith("cls.")}
+        own = model.params()
+        for name, value in kept.items():
+            own[name][...] = value
+        return model
+
+    def features(self, images: np.ndarray) -> np.ndarray:
+        """The conv feature map ``[N, C, H/s, W/s]``, computed once per image."""
+        return self.backbone.forward(images, self.timer)
+
+    def head_forward(self, features: np.ndarray, rois: np.ndarray):
+        """RoI pooling and the FC layers on a feature map: -> (cls_score, bbox_pred)."""
+        with self.timer("roi_pool"):
+            pooled = self.roi_pool.forward(features, rois)
+        self._pooled_shape = pooled.shape
+        with self.timer("fc"):
+            x = self.head.forward(pooled.reshape(len(pooled), -1))  # [R, C*P*P]
+            return self.cls_score.forward(x), self.bbox_pred.forward(x)
+
+    def forward(self, images: np.ndarray, rois: np.ndarray):
+        return self.head_forward(self.features(images), rois)
+
+    def backward(self, dcls: np.ndarray, dbbox: np.ndarray) -> None:
+        with self.timer("fc"):
+            dx = self.cls_score.backward(dcls) + self.bbox_pred.backward(dbbox)
+            dpooled = self.head.backward(dx).reshape(self._pooled_shape)  # -> [R, C, P, P]
+        with self.timer("roi_pool"):
+            dfeatures = self.roi_pool.backward(dpooled)
+        self.backbone.backward(dfeatures, self.timer)
+
+    def named_layers(self):
+        return [
+            *self.backbone.named_layers(),
+            ("fc6", self.head.fc6),
+            ("fc7", self.head.fc7),
+            ("cls_score", self.cls_score),
+            ("bbox_pred", self.bbox_pred),
+        ]
+
+    def trainable_names(self):
+        return [*self.backbone.trainable_names(), "fc6", "fc7", "cls_score", "bbox_pred"]
+
+
+# ---------------------------------------------------------------- checkpoints
+def save_checkpoint(path, model: _Network, meta: dict, extra: dict | None = None) -> Path:
+    """Write ``model``'s parameters, its config and ``meta`` (JSON-able: classes, pixel
+    statistics, box-target normalisation, training state) plus ``extra`` arrays, atomically:
+    to a temporary file in the same folder, then renamed over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = {"version": CHECKPOINT_VERSION, "kind": model.kind, "config": asdict(model.config)}
+    header.update(meta)
+    arrays = {f"param/{k}": v for k, v in model.params().items()}
+    arrays.update(extra or {})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, header=np.array(json.dumps(header)), **arrays)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(header dict, arrays) of a checkpoint; a clear error if it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            header = json.loads(str(z["header"]))
+            arrays = {k: z[k] for k in z.files if k != "header"}
+    except (OSError, KeyError, ValueError) as err:
+        raise ValueError(f"{path}: not a minircnn checkpoint ({err})") from err
+    if header.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format version {header.get('version')}, "
+            f"expected {CHECKPOINT_VERSION}"
+        )
+    return header, arrays
+
+
+def load_model(path, expected_config: ModelConfig | None = None):
+    """Build the network a checkpoint describes and load its weights -> (model, header).
+
+    With ``expected_config``, a checkpoint made with another configuration is refused,
+    naming the fields that differ.
+    """
+    header, arrays = read_checkpoint(path)
+    config = ModelConfig.from_dict(header["config"])
+    if expected_config is not None and config != expected_config:
+        diffs = [
+            f"{f.name}: {getattr(config, f.name)} in the checkpoint, "
+            f"{getattr(expected_config, f.name)} here"
+            for f in fields(ModelConfig)
+            if getattr(config, f.name) != getattr(expected_config, f.name)
+        ]
+        raise ValueError(
+            f"{path}: checkpoint made with a different model configuration ({'; '.join(diffs)})"
+        )
+    network = {"classifier": Classifier, "fast_rcnn": FastRCNN}[header["kind"]](config)
+    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
+    network.load_params(params, source=str(path))
+    return network, header

@@ -1,0 +1,154 @@
+"""Backbone pre-training as a classifier, standing in for ImageNet (section 2.2).
+
+The paper starts from networks pre-trained on ImageNet classification. Nothing can be
+downloaded here, so the backbone learns from the training split itself: warped crops of
+ground-truth objects (jittered, labelled with their class) and of background regions
+(IoU < 0.3 with every object, label 0), ``crop_size x crop_size`` each. The trained
+``Classifier`` is cached and later converted to Fast R-CNN (``FastRCNN.from_classifier``).
+"""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import skimage.transform
+from tqdm.auto import tqdm
+
+from minircnn.data.voc import VOCDataset
+from minircnn.layers import SoftmaxCrossEntropy
+from minircnn.model import Classifier, ModelConfig, load_model, save_checkpoint
+from minircnn.ops.boxes import box_iou
+from minircnn.optim import SGD, SGDConfig
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Classifier pre-training settings."""
+
+    iterations: int = 400
+    batch_size: int = 32
+    lr: float = 0.01
+    crops_per_object: int = 4  # jittered crops of each ground-truth box
+    background_per_image: int = 4  # crops with IoU < 0.3 to every object
+    seed: int = 0
+
+
+def crop_bank(dataset: VOCDataset, crop_size: int, mean, std, config: PretrainConfig, rng):
+    """All training crops: float32 ``[M, 3, S, S]`` (normalised like network input) and
+    int64 labels ``[M]`` (0 = background, 1..K = class)."""
+    crops, labels = [], []
+    for i in range(len(dataset)):
+        item, image = dataset[i], dataset.load_image(i)
+        height, width = image.shape[:2]
+        for box, label in zip(item.boxes, item.labels, strict=True):
+            for _ in range(config.crops_per_object):
+                crops.append(_warp(image, _jitter(box, rng, height, width), crop_size))
+                labels.append(label)
+        for _ in range(config.background_per_image):
+            box = _background_box(item.boxes, rng, height, width)
+            if box is not None:
+                crops.append(_warp(image, box, crop_size))
+                labels.append(0)
+    stack = (np.stack(crops).astype(np.float32) - mean) / std  # [M, S, S, 3]
+    return np.ascontiguousarray(stack.transpose(0, 3, 1, 2)), np.array(labels, dtype=np.int64)
+
+
+def pretrain(
+    dataset, model_config: ModelConfig, mean, std, config: PretrainConfig, progress: bool = True
+) -> tuple[Classifier, list[dict]]:
+    """Train a Classifier on the crop bank; returns it and per-iteration history."""
+    rng = np.random.default_rng(config.seed)
+    crops, labels = crop_bank(dataset, model_config.crop_size, mean, std, config, rng)
+    model = Classifier(model_config, rng).train()
+    optimizer = SGD(model.params(), SGDConfig(lr=config.lr, steps=(int(0.7 * config.iterations),)))
+    loss_fn = SoftmaxCrossEntropy()
+    history = []
+    bar = tqdm(range(config.iterations), desc="pre-train", disable=not progress)
+    for it in bar:
+        pick = rng.choice(len(crops), config.batch_size, replace=False)
+        batch = crops[pick]
+        flip = rng.random(len(pick)) < 0.5
+        batch[flip] = batch[flip, :, :, ::-1]  # horizontal flip
+        scores = model.forward(batch)
+        loss = loss_fn.forward(scores, labels[pick])
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"pre-training loss is {loss} at iteration {it}")
+        model.backward(loss_fn.backward())
+        optimizer.step(model.grads(), it)
+        acc = float(np.mean(scores.argmax(axis=1) == labels[pick]))
+        history.append({"iteration": it, "loss": loss, "accuracy": acc})
+        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.2f}")
+    return model.eval(), history
+
+
+def load_or_pretrain(
+    dataset,
+    model_config,
+    mean,
+    std,
+    config: PretrainConfig,
+    cache_dir="data/pretrained",
+    progress=True,
+) -> Classifier:
+    """The cached classifier for these settings and images, or a newly trained one."""
+    key = json.dumps(
+        {
+            "model": asdict(model_config),
+            "pretrain": asdict(config),
+            "root": str(dataset.root),
+            "split": dataset.split,
+            "ids": [it.image_id for it in dataset],
+        },
+        sort_keys=True,
+    )
+    path = Path(cache_dir) / f"classifier_{hashlib.sha1(key.encode()).hexdigest()[:12]}.npz"
+    if path.exists():
+        model, _ = load_model(path, expected_config=model_config)
+        return model.eval()
+    model, history = pretrain(dataset, model_config, mean, std, config, progress)
+    tail = history[-20:]
+    meta = {
+        "classes": list(dataset.classes),
+        "pixel_mean": np.asarray(mean).tolist(),
+        "pixel_std": np.asarray(std).tolist(),
+        "final_loss": float(np.mean([h["loss"] for h in tail])),
+        "final_accuracy": float(np.mean([h["accuracy"] for h in tail])),
+    }
+    save_checkpoint(path, model, meta)
+    return model
+
+
+def _jitter(box, rng, height, width):
+    """A box shifted and rescaled by up to ~10% of its size, clipped to the image."""
+    x1, y1, x2, y2 = box
+    w, h = x2 - x1 + 1, y2 - y1 + 1
+    cx, cy = x1 + w / 2 + rng.uniform(-0.1, 0.1) * w, y1 + h / 2 + rng.uniform(-0.1, 0.1) * h
+    w, h = w * rng.uniform(0.9, 1.1), h * rng.uniform(0.9, 1.1)
+    return np.clip(
+        [cx - w / 2, cy - h / 2, cx + w / 2 - 1, cy + h / 2 - 1],
+        0,
+        [width - 1, height - 1, width - 1, height - 1],
+    )
+
+
+def _background_box(gt, rng, height, width, tries=20):
+    """A random box of 16 px to half the image with IoU < 0.3 to every object, or None."""
+    for _ in range(tries):
+        w = rng.uniform(16, max(17, width / 2))
+        h = rng.uniform(16, max(17, height / 2))
+        x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+        box = np.array([[x1, y1, x1 + w - 1, y1 + h - 1]])
+        if len(gt) == 0 or box_iou(box, gt).max() < 0.3:
+            return box[0]
+    return None
+
+
+def _warp(image, box, size):
+    """Crop a box (0-based inclusive, float) and warp it to ``size x size`` (bilinear)."""
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    patch = image[y1 : max(y2, y1) + 1, x1 : max(x2, x1) + 1].astype(np.float32)
+    return skimage.transform.resize(
+        patch, (size, size), order=1, preserve_range=True, anti_aliasing=False
+    )
