@@ -19,9 +19,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
 demo: $(VENV)/.installed
 	$(PY) -m minircnn.data.toyvoc --tiny --out data/toyvoc --preview
 	$(PY) -m minircnn.data.voc --check data/toyvoc
-	$(PY) -m minircnn.proposals --root data/toyvoc --split trainval
 	$(PY) -m minircnn.proposals --root data/toyvoc --split test --recall
-	$(PY) -m minircnn.bench --quick
+	$(PY) -m minircnn.train --tiny
+	$(PY) -m minircnn.evaluate --checkpoint runs/tiny/checkpoint.npz --root data/toyvoc --split test
 
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

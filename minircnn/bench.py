@@ -342,6 +342,78 @@ def bench_proposals(quick: bool, threads: int) -> dict:
     return {"rows": rows}
 
 
+# ---------------------------------------------------------------- rcnn_vs_fast
+@section("rcnn_vs_fast")
+def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoint.npz") -> dict:
+    """Test time per image: R-CNN's per-crop procedure vs Fast R-CNN (+ truncated SVD),
+    same weights, at 500 and 2000 proposals; Fast R-CNN's time split by stage; and the
+    mAP that SVD at 1/4 rank costs."""
+    from minircnn.data.voc import VOCDataset
+    from minircnn.detect import detect, load_detector, postprocess
+    from minircnn.evaluate import evaluate_model
+    from minircnn.proposals.cache import load_or_compute
+    from minircnn.proposals.selective_search import selective_search
+    from minircnn.rcnn import rcnn_score_proposals
+    from minircnn.svd import compress_model
+
+    if not Path(checkpoint).exists():
+        print(f"\n(no {checkpoint}: run python -m minircnn.train --tiny for this section)")
+        return {}
+    model = load_detector(checkpoint)
+    svd = compress_model(model, 0.25)
+    test = VOCDataset("data/toyvoc", split="test", use_difficult=True)
+    rng = np.random.default_rng(0)
+    images = [test.load_image(i) for i in range(2 if quick else 5)]
+    rows = []
+    for n in (500, 2000):
+        sets = []
+        for img in images:  # selective search boxes, topped up with random boxes to n
+            props = selective_search(img)[:n]
+            extra = random_rois(rng, n - len(props), 1, *img.shape[:2])[:, 1:]
+            sets.append(np.vstack([props, extra]).astype(np.float32))
+
+        def run(fn, sets=sets):
+            return lambda: [fn(img, p) for img, p in zip(images, sets, strict=True)]
+
+        per_image = {
+            "fast": best_time(run(lambda i, p: detect(model, i, p)), 3, 1),
+            "fast_svd": best_time(run(lambda i, p: detect(svd, i, p)), 3, 1),
+            "rcnn": best_time(
+                run(lambda i, p: postprocess(*rcnn_score_proposals(model, i, p))), 1, 0
+            ),
+        }
+        row = {"proposals": n, **{f"{k}_ms": 1e3 * v / len(images) for k, v in per_image.items()}}
+        row["speedup"] = per_image["rcnn"] / per_image["fast"]
+        row["speedup_svd"] = per_image["rcnn"] / per_image["fast_svd"]
+        rows.append(row)
+    cols = ["proposals", "rcnn_ms", "fast_ms", "fast_svd_ms", "speedup", "speedup_svd"]
+    print_table("R-CNN vs Fast R-CNN, test time per toy image (same weights)", rows, cols)
+
+    # Fast R-CNN per stage at 2000 proposals, proposals computed here too
+    model.timer.totals.clear()
+    t0 = time.perf_counter()
+    props = [selective_search(img) for img in images]
+    stages = {"proposals (selective search)": time.perf_counter() - t0}
+    for img, p in zip(images, sets, strict=True):
+        detect(model, img, p)
+    stages.update(model.timer.totals)
+    stage_rows = [{"stage": k, "ms_per_image": 1e3 * v / len(images)} for k, v in stages.items()]
+    print_table("Fast R-CNN stages at 2000 proposals", stage_rows, ["stage", "ms_per_image"])
+
+    n_eval = 30 if quick else len(test)
+    proposals = load_or_compute(test, progress=False)[:n_eval]  # the whole split's cache
+    subset = VOCDataset("data/toyvoc", split="test", use_difficult=True, max_images=n_eval)
+    maps = {
+        name: evaluate_model(m, subset, proposals, progress=False)[0]["map07"]
+        for name, m in (("full", model), ("svd_1/4", svd))
+    }
+    print(
+        f"mAP@0.5 (VOC07) on {n_eval} test images: full {maps['full']:.3f}, "
+        f"SVD 1/4 rank {maps['svd_1/4']:.3f} (difference {maps['full'] - maps['svd_1/4']:+.3f})"
+    )
+    return {"rows": rows, "stages": stage_rows, "map": maps}
+
+
 # ---------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(

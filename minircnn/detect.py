@@ -59,7 +59,8 @@ def detect(
     scale). ``model.meta`` must hold pixel_mean/std, bbox_means/stds and sampler settings.
     """
     scores, boxes = score_proposals(model, image, proposals, scales)
-    return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image)
+    with model.timer("nms"):
+        return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image)
 
 
 def score_proposals(model: FastRCNN, image, proposals, scales=None):
@@ -90,11 +91,16 @@ def score_proposals(model: FastRCNN, image, proposals, scales=None):
         rois = np.column_stack([np.zeros(len(idx)), proposals[idx] * s]).astype(np.float32)
         cls_score[idx], bbox_pred[idx] = model.head_forward(features, rois)
     with timer("decode"):
-        z = cls_score - cls_score.max(axis=1, keepdims=True)
-        probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-        boxes = bbox_decode(proposals, bbox_pred, meta["bbox_means"], meta["bbox_stds"])
-        boxes = clip_boxes(boxes, height, width)
-    return probs, boxes
+        return decode_outputs(model, cls_score, bbox_pred, proposals, height, width)
+
+
+def decode_outputs(model, cls_score, bbox_pred, proposals, height, width):
+    """Network outputs -> (softmax probabilities [P, K+1], boxes [P, 4(K+1)] decoded with
+    the checkpoint's target normalisation and clipped to the image)."""
+    z = cls_score - cls_score.max(axis=1, keepdims=True)  # stable softmax
+    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    boxes = bbox_decode(proposals, bbox_pred, model.meta["bbox_means"], model.meta["bbox_stds"])
+    return probs, clip_boxes(boxes, height, width)
 
 
 def postprocess(scores, boxes, score_threshold=0.05, nms_threshold=0.3, max_per_image=100):

@@ -107,8 +107,9 @@ def evaluate_detections(per_image: dict, dataset, iou_threshold=0.5) -> dict:
     }
 
 
-def evaluate_model(model, dataset, proposals, progress=True, **detect_kwargs) -> dict:
-    """Detect on every image of ``dataset`` and evaluate; adds seconds per image."""
+def evaluate_model(model, dataset, proposals, progress=True, **detect_kwargs) -> tuple[dict, dict]:
+    """Detect on every image of ``dataset`` and evaluate -> (results with seconds per
+    image added, detections per image id)."""
     from minircnn.detect import detect
 
     per_image, t0 = {}, time.perf_counter()
@@ -119,7 +120,7 @@ def evaluate_model(model, dataset, proposals, progress=True, **detect_kwargs) ->
     seconds = (time.perf_counter() - t0) / max(len(dataset), 1)
     results = evaluate_detections(per_image, dataset)
     results["seconds_per_image"] = seconds
-    return results
+    return results, per_image
 
 
 def print_table(results: dict) -> None:
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     from minircnn.detect import load_detector
     from minircnn.proposals.cache import load_or_compute
     from minircnn.svd import compress_model
+    from minircnn.viz import save_detection_grid
 
     parser = argparse.ArgumentParser(
         prog="python -m minircnn.evaluate",
@@ -179,14 +181,17 @@ def main(argv: list[str] | None = None) -> dict:
     dataset = VOCDataset(args.root, args.year, args.split, classes=classes, use_difficult=True)
     proposals = load_or_compute(dataset, progress=not args.quiet)
     scales = [int(s) for s in args.scales.split(",")] if args.scales else None
-    results = evaluate_model(model, dataset, proposals, progress=not args.quiet, scales=scales)
+    results, per_image = evaluate_model(
+        model, dataset, proposals, progress=not args.quiet, scales=scales
+    )
     print_table(results)
     print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image (detection, proposals cached)")
     out_dir = Path("runs") / (args.name or Path(args.checkpoint).parent.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_pr(results, out_dir / "pr.png")
+    save_detection_grid(dataset, per_image, out_dir / "detections.png")
     (out_dir / "eval.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {out_dir / 'pr.png'} and {out_dir / 'eval.json'}")
+    print(f"wrote {out_dir}/pr.png, detections.png and eval.json")
     return results
 
 

@@ -69,6 +69,30 @@ def save_preview(dataset, path: str | Path = "runs/toyvoc_preview.png", n: int =
     return save_figure(fig, path)
 
 
+def save_detection_grid(dataset, per_image: dict, path, n: int = 8, min_score: float = 0.5):
+    """The first ``n`` images of a dataset with their detections (score >= min_score)."""
+    n = min(n, len(dataset))
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i in range(n):
+        dets = per_image[dataset[i].image_id]
+        keep = dets.scores >= min_score
+        draw_boxes(
+            axes.ravel()[i],
+            dataset.load_image(i),
+            dets.boxes[keep],
+            dets.labels[keep],
+            dataset.classes,
+            scores=dets.scores[keep],
+        )
+        axes.ravel()[i].set_title(dataset[i].image_id, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure (creating folders) and close it."""
     path = Path(path)

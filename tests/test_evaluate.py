@@ -87,7 +87,9 @@ def test_svd_full_rank_reproduces_fc():
 
 
 def tiny_detector(seed=0):
-    config = ModelConfig(num_classes=3, conv_channels=(8, 16), roi_size=2, fc_dims=(32, 32))
+    config = ModelConfig(
+        num_classes=3, conv_channels=(8, 16), convs_per_block=(1, 2), roi_size=2, fc_dims=(32, 32)
+    )
     model = FastRCNN(config, np.random.default_rng(seed))
     model.params()["cls_score.weight"][...] *= 100  # confident, varied scores
     model.params()["bbox_pred.weight"][...] *= 100  # visible box changes

@@ -15,7 +15,13 @@ from minircnn.proposals.cache import ProposalConfig, load_or_compute
 from minircnn.train import TrainConfig, Trainer, TrainingDiverged
 
 SMALL = ModelConfig(
-    num_classes=5, conv_channels=(8, 16), roi_size=2, fc_dims=(32, 32), dropout=0.0, freeze_blocks=0
+    num_classes=5,
+    conv_channels=(8, 16),
+    convs_per_block=(1, 2),
+    roi_size=2,
+    fc_dims=(32, 32),
+    dropout=0.0,
+    freeze_blocks=0,
 )
 SAMPLER = SamplerConfig(rois_per_batch=32, short_side=96, max_side=128)
 
@@ -105,17 +111,17 @@ def test_conversion_keeps_pretrained_weights():
     clf = Classifier(SMALL, rng)
     model = FastRCNN.from_classifier(clf, SMALL, rng)
     np.testing.assert_array_equal(model.params()["fc6.weight"], clf.params()["fc6.weight"])
-    np.testing.assert_array_equal(model.params()["conv2.bias"], clf.params()["conv2.bias"])
+    np.testing.assert_array_equal(model.params()["conv2_1.bias"], clf.params()["conv2_1.bias"])
     assert abs(model.params()["bbox_pred.weight"].std() - 0.001) < 0.0003
     assert abs(model.params()["cls_score.weight"].std() - 0.01) < 0.003
 
 
 def test_frozen_blocks_get_no_gradient(toy, tmp_path):
     trainer = make_trainer(toy, tmp_path, config=replace(SMALL, freeze_blocks=1))
-    before = trainer.model.params()["conv1.weight"].copy()
+    before = trainer.model.params()["conv1_1.weight"].copy()
     trainer.step(trainer.sampler.batch([0, 1]))
-    assert "conv1.weight" not in trainer.model.grads()
-    np.testing.assert_array_equal(trainer.model.params()["conv1.weight"], before)
+    assert "conv1_1.weight" not in trainer.model.grads()
+    np.testing.assert_array_equal(trainer.model.params()["conv1_1.weight"], before)
 
 
 def test_sgd_bias_rules_by_hand():

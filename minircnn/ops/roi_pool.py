@@ -36,7 +36,7 @@ def roi_pool(
     """
     features, rois, (ph, pw), batch = _validate(features, rois, output_size, spatial_scale)
     n_rois, n_ch = rois.shape[0], features.shape[1]
-    h_lo, h_hi, w_lo, w_hi = _bins(rois, ph, pw, spatial_scale, features.shape, features.dtype)
+    h_lo, h_hi, w_lo, w_hi = roi_bins(rois, ph, pw, spatial_scale, features.shape, features.dtype)
     out = np.empty((n_rois, n_ch, ph, pw), dtype=features.dtype)
     argmax = np.empty((n_rois, n_ch, ph, pw), dtype=np.int64)
     _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax)
@@ -118,10 +118,12 @@ def _round_half_away(v: np.ndarray) -> np.ndarray:
     return whole + np.where(np.abs(frac) >= 0.5, np.sign(v), 0).astype(v.dtype)
 
 
-def _bins(rois, ph, pw, spatial_scale, features_shape, dtype):
-    """Bin edges per RoI: (h_lo, h_hi [R, ph], w_lo, w_hi [R, pw]) int64, clipped to the map.
+def roi_bins(rois, ph, pw, spatial_scale, features_shape, dtype):
+    """Bin edges per RoI: ``(h_lo, h_hi [R, ph], w_lo, w_hi [R, pw])`` int64, half-open
+    ``[lo, hi)`` feature-map cells, clipped to the map of ``features_shape`` [N, C, H, W].
 
-    Computed in ``dtype`` (the features' precision), as Caffe and torchvision do.
+    rois: float64 ``[R, 5]``. Computed in ``dtype`` (the features' precision), as Caffe
+    and torchvision do.
     """
     height, width = features_shape[2], features_shape[3]
     scaled = _round_half_away(rois[:, 1:5].astype(dtype) * dtype.type(spatial_scale))
