@@ -27,6 +27,7 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+	MINIRCNN_FAST=1 $(BIN)/pytest --nbmake notebooks
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minircnn.ops.boxes import box_iou
 

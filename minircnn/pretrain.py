@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import skimage.transform
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minircnn.data.voc import VOCDataset
 from minircnn.layers import SoftmaxCrossEntropy

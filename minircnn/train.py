@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minircnn.bench import sgemm_gflops
 from minircnn.data.sampling import HierarchicalSampler, SamplerConfig, pixel_statistics

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from minircnn.data.voc import VOCDataset, load_image
 from minircnn.proposals.selective_search import selective_search
