@@ -173,3 +173,15 @@ def test_batch_targets_and_weights(toy):
         np.testing.assert_array_equal(w, expected)
     assert (batch.labels > 0).any()  # every image has foreground: its gt boxes are candidates
     assert set(np.unique(batch.rois[:, 0])) == {0.0, 1.0}
+
+
+def test_multi_scale_training_draws_from_the_scales(toy):
+    ds, proposals = toy
+    config = replace(SAMPLER, train_scales=(64, 128), flip=False)
+    sampler = HierarchicalSampler(
+        ds, proposals, config, np.zeros(3), np.ones(3), np.random.default_rng(0)
+    )
+    for _ in range(12):
+        sampler.batch([0, 1])
+    sizes = {min(im.shape[1:]) for im, _ in sampler._images.values()}
+    assert sizes == {64, 128}  # both scales were used and cached

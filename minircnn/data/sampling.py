@@ -32,8 +32,11 @@ class SamplerConfig:
     fg_iou: float = 0.5  # paper: foreground if IoU >= 0.5
     bg_iou_lo: float = 0.1  # paper: background if IoU in [0.1, 0.5)
     flip: bool = True  # paper: horizontal flip with probability 0.5
-    short_side: int = 192  # paper: 600 px (single-scale training)
+    short_side: int = 192  # paper: 600 px (single-scale training); also the test scale
     max_side: int = 320  # paper: 1000 px
+    # multi-scale training (section 5.2): each time an image is sampled, a random shorter
+    # side from these (the longer side capped in proportion); empty = short_side only
+    train_scales: tuple[int, ...] = ()
 
 
 @dataclass
@@ -143,7 +146,7 @@ class HierarchicalSampler:
                 self.max_iou.append(np.zeros(len(cand)))
                 self.matched.append(np.zeros(len(cand), dtype=np.int64))
             self.candidates.append(cand)
-        self._images: dict[int, tuple[np.ndarray, float]] = {}
+        self._images: dict[tuple[int, int], tuple[np.ndarray, float]] = {}
 
     def epoch(self) -> list[np.ndarray]:
         """One pass over the images in random order, in groups of N."""
@@ -151,13 +154,17 @@ class HierarchicalSampler:
         order = self.rng.permutation(len(self.dataset))
         return [order[i : i + n] for i in range(0, len(order) - n + 1, n)]
 
-    def image(self, i: int) -> tuple[np.ndarray, float]:
-        """Prepared network input [3, H', W'] of image i and its scale factor (cached)."""
-        if i not in self._images:
+    def image(self, i: int, short_side: int | None = None) -> tuple[np.ndarray, float]:
+        """Prepared network input [3, H', W'] of image i and its scale factor (cached), at
+        ``short_side`` (default: the config's)."""
+        c = self.config
+        short = short_side or c.short_side
+        if (i, short) not in self._images:
             item = self.dataset[i]
-            s = image_scale(item.height, item.width, self.config.short_side, self.config.max_side)
-            self._images[i] = (prepare_image(self.dataset.load_image(i), self.mean, self.std, s), s)
-        return self._images[i]
+            s = image_scale(item.height, item.width, short, c.max_side * short / c.short_side)
+            prepared = prepare_image(self.dataset.load_image(i), self.mean, self.std, s)
+            self._images[i, short] = (prepared, s)
+        return self._images[i, short]
 
     def batch(self, indices) -> MiniBatch:
         """Sample R/N RoIs from each of the images ``indices`` and assemble the batch."""
@@ -166,7 +173,8 @@ class HierarchicalSampler:
         images, rois, labels, targets, weights = [], [], [], [], []
         for b, i in enumerate(indices):
             item = self.dataset[i]
-            image, scale = self.image(i)
+            scales = c.train_scales or (c.short_side,)
+            image, scale = self.image(i, scales[int(self.rng.integers(len(scales)))])
             keep, is_fg = sample_rois(self.max_iou[i], per_image, c, self.rng)
             boxes = self.candidates[i][keep]
             lab = np.zeros(len(keep), dtype=np.int64)  # 0 = background
