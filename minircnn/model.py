@@ -399,25 +399,35 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
     return header, arrays
 
 
-def load_model(path, expected_config: ModelConfig | None = None):
-    """Build the network a checkpoint describes and load its weights -> (model, header).
-
-    With ``expected_config``, a checkpoint made with another configuration is refused,
-    naming the fields that differ.
-    """
-    header, arrays = read_checkpoint(path)
+def checkpoint_config(header: dict, path, expected: ModelConfig | None = None) -> ModelConfig:
+    """The ModelConfig a checkpoint header records; with ``expected``, a different one is
+    refused, naming the fields that differ."""
     config = ModelConfig.from_dict(header["config"])
-    if expected_config is not None and config != expected_config:
+    if expected is not None and config != expected:
         diffs = [
             f"{f.name}: {getattr(config, f.name)} in the checkpoint, "
-            f"{getattr(expected_config, f.name)} here"
+            f"{getattr(expected, f.name)} here"
             for f in fields(ModelConfig)
-            if getattr(config, f.name) != getattr(expected_config, f.name)
+            if getattr(config, f.name) != getattr(expected, f.name)
         ]
         raise ValueError(
             f"{path}: checkpoint made with a different model configuration ({'; '.join(diffs)})"
         )
+    return config
+
+
+def with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays whose key starts with ``prefix`` ("param/", "momentum/"), prefix removed."""
+    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+def load_model(path, expected_config: ModelConfig | None = None):
+    """Build the network a checkpoint describes and load its weights -> (model, header).
+
+    With ``expected_config``, a checkpoint made with another configuration is refused.
+    """
+    header, arrays = read_checkpoint(path)
+    config = checkpoint_config(header, path, expected_config)
     network = {"classifier": Classifier, "fast_rcnn": FastRCNN}[header["kind"]](config)
-    params = {k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")}
-    network.load_params(params, source=str(path))
+    network.load_params(with_prefix(arrays, "param/"), source=str(path))
     return network, header

@@ -30,9 +30,10 @@ from minircnn.model import (
     FastRCNN,
     ModelConfig,
     StageTimer,
-    load_model,
+    checkpoint_config,
     read_checkpoint,
     save_checkpoint,
+    with_prefix,
 )
 from minircnn.ops.boxes import TARGET_MEANS, TARGET_STDS
 from minircnn.optim import SGD, SGDConfig
@@ -160,18 +161,19 @@ class Trainer:
     def resume(self, path: str | Path) -> None:
         """Restore parameters, momentum, iteration, schedule position and random state."""
         header, arrays = read_checkpoint(path)
-        model, _ = load_model(path, expected_config=self.model.config)
-        self.model.load_params(model.params(), source=str(path))
-        self.optimizer.load_state_dict(
-            {k[len("momentum/") :]: v for k, v in arrays.items() if k.startswith("momentum/")}
-        )
+        checkpoint_config(header, path, expected=self.model.config)
+        self.model.load_params(with_prefix(arrays, "param/"), source=str(path))
+        self.optimizer.load_state_dict(with_prefix(arrays, "momentum/"))
         state = header["train_state"]
         self.iteration, self.epoch = state["iteration"], state["epoch"]
         self.rng.bit_generator.state = state["rng_state"]
         log_path = self.run_dir / "log.csv"
         if log_path.exists():
             with open(log_path) as f:
-                rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+                rows = [
+                    {k: int(v) if k in ("iteration", "epoch") else float(v) for k, v in row.items()}
+                    for row in csv.DictReader(f)
+                ]
             self.log = [r for r in rows if r["iteration"] < self.iteration]
 
 

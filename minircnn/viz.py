@@ -45,49 +45,38 @@ def draw_boxes(ax, image, boxes, labels, class_names, scores=None, difficult=Non
 
 def save_preview(dataset, path: str | Path = "runs/toyvoc_preview.png", n: int = 12) -> Path:
     """A grid of the first ``n`` images of a VOCDataset with their ground-truth boxes."""
-    n = min(n, len(dataset))
-    cols = min(4, n)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for i in range(n):
+
+    def draw(ax, i):
         item = dataset[i]
         draw_boxes(
-            axes.ravel()[i],
+            ax,
             dataset.load_image(i),
             item.boxes,
             item.labels,
             dataset.classes,
             difficult=item.difficult,
         )
-        axes.ravel()[i].set_title(item.image_id, fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+
+    return _image_grid(dataset, n, draw, path)
 
 
 def save_detection_grid(dataset, per_image: dict, path, n: int = 8, min_score: float = 0.5):
-    """The first ``n`` images of a dataset with their detections (score >= min_score)."""
-    n = min(n, len(dataset))
-    cols = min(4, n)
-    rows = int(np.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.set_axis_off()
-    for i in range(n):
+    """The first ``n`` images of a dataset with their detections (score >= min_score);
+    ``per_image`` maps image id -> Detections."""
+
+    def draw(ax, i):
         dets = per_image[dataset[i].image_id]
         keep = dets.scores >= min_score
         draw_boxes(
-            axes.ravel()[i],
+            ax,
             dataset.load_image(i),
             dets.boxes[keep],
             dets.labels[keep],
             dataset.classes,
             scores=dets.scores[keep],
         )
-        axes.ravel()[i].set_title(dataset[i].image_id, fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
+
+    return _image_grid(dataset, n, draw, path)
 
 
 def save_figure(fig, path: str | Path) -> Path:
@@ -97,3 +86,18 @@ def save_figure(fig, path: str | Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def _image_grid(dataset, n, draw, path) -> Path:
+    """Up to 4 columns of the first ``n`` images, each drawn by ``draw(ax, i)``, saved."""
+    n = min(n, len(dataset))
+    cols = min(4, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i in range(n):
+        draw(axes.ravel()[i], i)
+        axes.ravel()[i].set_title(dataset[i].image_id, fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)
