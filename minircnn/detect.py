@@ -13,14 +13,16 @@ here the pre-training crop size squared).
 """
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from minircnn.data.sampling import image_scale, prepare_image
-from minircnn.model import FastRCNN, load_model
-from minircnn.ops.boxes import bbox_decode, clip_boxes
+from minircnn.checkpoint import CheckpointError, load_model
+from minircnn.config import config_from_dict
+from minircnn.data.image import Preprocessing
+from minircnn.model import FastRCNN
+from minircnn.ops.boxes import bbox_decode, box_area, clip_boxes
 from minircnn.ops.nms import batched_nms
 
 
@@ -34,18 +36,34 @@ class Detections:
     labels: np.ndarray
 
 
-def load_detector(checkpoint: str | Path) -> FastRCNN:
-    """A FastRCNN in eval mode with ``meta`` (classes, pixel statistics, box-target
-    normalisation, scales) from its checkpoint."""
+@dataclass(frozen=True)
+class Detector:
+    """Everything detection needs, as a checkpoint declares it: the network (in eval
+    mode), the K class names (label k is ``classes[k - 1]``), and the Preprocessing that
+    training used (pixel statistics, scales, box-target normalisation)."""
+
+    model: FastRCNN
+    classes: tuple[str, ...]
+    preprocessing: Preprocessing
+
+    def compressed(self, rank: float) -> "Detector":
+        """This detector with fc6 and fc7 replaced by truncated SVDs (section 3.1)."""
+        from minircnn.svd import compress_model
+
+        return replace(self, model=compress_model(self.model, rank))
+
+
+def load_detector(checkpoint: str | Path) -> Detector:
+    """The Detector a Fast R-CNN checkpoint describes."""
     model, header = load_model(checkpoint)
     if not isinstance(model, FastRCNN):
-        raise ValueError(f"{checkpoint}: a {header['kind']} checkpoint, not a Fast R-CNN one")
-    model.meta = header
-    return model.eval()
+        raise CheckpointError(f"{checkpoint}: a {header['kind']} checkpoint, not a Fast R-CNN one")
+    preprocessing = config_from_dict(Preprocessing, header["preprocessing"])
+    return Detector(model.eval(), tuple(header["classes"]), preprocessing)
 
 
 def detect(
-    model: FastRCNN,
+    detector: Detector,
     image: np.ndarray,
     proposals: np.ndarray,
     score_threshold=0.05,
@@ -56,28 +74,24 @@ def detect(
     """Detect objects in ``image`` (uint8 RGB [H, W, 3]) given ``proposals`` [P, 4].
 
     ``scales``: shorter-side lengths for multi-scale testing (None: the single training
-    scale). ``model.meta`` must hold pixel_mean/std, bbox_means/stds and sampler settings.
+    scale).
     """
-    scores, boxes = score_proposals(model, image, proposals, scales)
-    with model.timer("nms"):
-        return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image)
+    scores, boxes = score_proposals(detector, image, proposals, scales)
+    return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image)
 
 
-def score_proposals(model: FastRCNN, image, proposals, scales=None):
+def score_proposals(detector: Detector, image, proposals, scales=None):
     """Class probabilities [P, K+1] and class-specific boxes [P, 4(K+1)] (clipped, in
     original pixels) for every proposal."""
-    meta, timer = model.meta, model.timer
-    model.eval()
+    model, pre = detector.model.eval(), detector.preprocessing
     height, width = image.shape[:2]
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
-    train_short, train_max = meta["sampler"]["short_side"], meta["sampler"]["max_side"]
-    short_sides = scales or [train_short]
-    # the longer-side cap grows with the scale, as the paper's pyramid caps at 2000 px
-    factors = [image_scale(height, width, s, train_max * s / train_short) for s in short_sides]
-    # section 5.2: pool each RoI at the scale where its area is closest to the preferred one
-    areas = (proposals[:, 2] - proposals[:, 0] + 1) * (proposals[:, 3] - proposals[:, 1] + 1)
+    factors = [pre.scale(height, width, s) for s in (scales or [pre.short_side])]
+    # section 5.2: pool each RoI at the scale where its area is closest to the preferred
+    # one (224^2 for VGG16; here the pre-training crop size squared)
     target = model.config.crop_size**2
-    level = np.argmin(np.abs(areas[:, None] * np.square(factors)[None, :] - target), axis=1)
+    scaled_areas = box_area(proposals)[:, None] * np.square(factors)[None, :]  # [P, scales]
+    level = np.argmin(np.abs(scaled_areas - target), axis=1)
     k1 = model.config.num_classes + 1
     cls_score = np.zeros((len(proposals), k1), dtype=np.float32)
     bbox_pred = np.zeros((len(proposals), 4 * k1), dtype=np.float32)
@@ -85,21 +99,18 @@ def score_proposals(model: FastRCNN, image, proposals, scales=None):
         idx = np.flatnonzero(level == lv)
         if len(idx) == 0:
             continue
-        with timer("prepare"):
-            x = prepare_image(image, np.array(meta["pixel_mean"]), np.array(meta["pixel_std"]), s)
-        features = model.features(x[None])
+        x = pre.network_input(image, s)[None]  # [1, 3, H', W']
         rois = np.column_stack([np.zeros(len(idx)), proposals[idx] * s]).astype(np.float32)
-        cls_score[idx], bbox_pred[idx] = model.head_forward(features, rois)
-    with timer("decode"):
-        return decode_outputs(model, cls_score, bbox_pred, proposals, height, width)
+        cls_score[idx], bbox_pred[idx] = model.forward(x, rois)
+    return decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
 
 
-def decode_outputs(model, cls_score, bbox_pred, proposals, height, width):
+def decode_outputs(preprocessing: Preprocessing, cls_score, bbox_pred, proposals, height, width):
     """Network outputs -> (softmax probabilities [P, K+1], boxes [P, 4(K+1)] decoded with
-    the checkpoint's target normalisation and clipped to the image)."""
+    the training's target normalisation and clipped to the image)."""
     z = cls_score - cls_score.max(axis=1, keepdims=True)  # stable softmax
     probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
-    boxes = bbox_decode(proposals, bbox_pred, model.meta["bbox_means"], model.meta["bbox_stds"])
+    boxes = bbox_decode(proposals, bbox_pred, preprocessing.target_means, preprocessing.target_stds)
     return probs, clip_boxes(boxes, height, width)
 
 
@@ -133,10 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/detect", help="folder for the drawn images")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="drawn if above")
     args = parser.parse_args(argv)
-    model = load_detector(args.checkpoint)
+    detector = load_detector(args.checkpoint)
     for path in args.images:
         image = load_image(path)
-        dets = detect(model, image, selective_search(image))
+        dets = detect(detector, image, selective_search(image))
         show = dets.scores >= args.score_threshold
         fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))
         draw_boxes(
@@ -144,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             image,
             dets.boxes[show],
             dets.labels[show],
-            model.meta["classes"],
+            detector.classes,
             scores=dets.scores[show],
         )
         fig.tight_layout()

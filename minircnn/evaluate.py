@@ -1,15 +1,18 @@
-"""PASCAL VOC detection evaluation, as the VOC devkit defines it.
+"""PASCAL VOC detection evaluation, as the VOC devkit defines it, with a diagnosis.
 
     python -m minircnn.evaluate --checkpoint runs/tiny/checkpoint.npz \
-        --root data/toyvoc --split test
+        --root data/toyvoc --split test        # or --split val
 
-Per class: detections over all images are sorted by score; each is matched greedily to
-the ground truth it overlaps most (IoU with the +1 convention). At IoU >= 0.5 with a box
-not yet matched it is a true positive; a second detection of a matched box is a false
-positive; a match to a box marked *difficult* counts as neither. Precision and recall
-follow down the ranking; AP is either VOC2007's 11-point mean of the interpolated
-precision at recall 0, 0.1, ..., 1 or (VOC2010+) the area under the monotone precision
-envelope. mAP is the mean over classes.
+Every image of the split is evaluated, also for a model trained on a subset of the
+classes (``--classes``): as in the devkit, a class's false positives on images without it
+count; objects of classes the model does not know are dropped.
+
+Per class (matching: minircnn.evaluation.ap): AP at IoU 0.5, VOC07 11-point and area
+(VOC2010+); area AP at IoU 0.5:0.05:0.95 and their mean (COCO-style); area AP at IoU 0.5
+for small / medium / large objects (box area < 32^2 <= medium < 64^2 px <= large). mAP is
+the mean over classes. False positives per image by cause, localisation / confusion /
+background (Hoiem et al. 2012; minircnn.evaluation.diagnosis). Writes eval.json, pr.png,
+fp_causes.png and detections.png under runs/<name>/.
 """
 
 import argparse
@@ -20,94 +23,83 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from minircnn.ops.boxes import box_iou
+from minircnn.evaluation.ap import (
+    IOU_THRESHOLDS,
+    SIZE_BUCKETS,
+    ap_by_iou,
+    ap_by_size,
+    class_annotations,
+    class_detections,
+    eval_class,
+    nanmean,
+    voc_ap,
+)
+from minircnn.evaluation.diagnosis import FP_CAUSES, fp_causes, plot_fp_causes
+
+__all__ = ["voc_ap", "eval_class", "evaluate_detections", "evaluate_model", "evaluation_dataset"]
 
 
-def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool = True) -> float:
-    """Average precision from a precision/recall curve (arrays in ranking order).
+def evaluation_dataset(root, year: str = "2007", split: str = "test", classes=None):
+    """The VOCDataset to evaluate on: every image of ``<root>/VOC<year>``'s ``split``, the
+    objects of ``classes`` only (None: all), difficult ones kept so they can be ignored.
+    Images without any of ``classes`` stay (``keep_all_images``): false positives there
+    count, as in the VOC devkit."""
+    from minircnn.data.voc import VOCDataset
 
-    VOC07: mean over t in {0, 0.1, ..., 1} of max(precision where recall >= t) (0 if none).
-    Otherwise: area under the precision envelope (precision made non-increasing in recall).
-    """
-    recall, precision = np.asarray(recall, float), np.asarray(precision, float)
-    if use_07_metric:
-        points = [precision[recall >= t].max(initial=0.0) for t in np.linspace(0, 1, 11)]
-        return float(np.mean(points))
-    mrec = np.concatenate([[0.0], recall, [1.0]])
-    mpre = np.concatenate([[0.0], precision, [0.0]])
-    mpre = np.maximum.accumulate(mpre[::-1])[::-1]  # envelope: best precision to the right
-    step = np.flatnonzero(mrec[1:] != mrec[:-1])
-    return float(np.sum((mrec[step + 1] - mrec[step]) * mpre[step + 1]))
+    return VOCDataset(root, year, split, classes=classes, use_difficult=True, keep_all_images=True)
 
 
-def eval_class(detections, annotations, iou_threshold=0.5, use_07_metric=True):
-    """AP of one class.
-
-    detections: list of ``(image_id, score, box[4])``; annotations: ``image_id ->
-    (boxes [G, 4], difficult bool [G])`` for this class (images without it may be left
-    out). Returns ``(ap, recall [D], precision [D])``; AP is 0 when nothing is detected
-    and NaN when the class has no non-difficult ground truth.
-    """
-    n_pos = sum(int(np.sum(~np.asarray(d, bool))) for _, d in annotations.values())
-    order = sorted(range(len(detections)), key=lambda i: -detections[i][1])  # stable
-    matched = {k: np.zeros(len(b), dtype=bool) for k, (b, _) in annotations.items()}
-    tp, fp = np.zeros(len(order)), np.zeros(len(order))
-    for rank, i in enumerate(order):
-        image_id, _, box = detections[i]
-        gt_boxes, difficult = annotations.get(image_id, (np.zeros((0, 4)), np.zeros(0, bool)))
-        if len(gt_boxes) == 0:
-            fp[rank] = 1
-            continue
-        iou = box_iou(np.asarray(box, float)[None], np.asarray(gt_boxes, float))[0]
-        j = int(np.argmax(iou))
-        if iou[j] < iou_threshold:
-            fp[rank] = 1
-        elif difficult[j]:
-            continue  # neither true nor false positive
-        elif not matched[image_id][j]:
-            tp[rank], matched[image_id][j] = 1, True
-        else:
-            fp[rank] = 1  # a duplicate detection of an already matched object
-    if n_pos == 0:
-        return float("nan"), np.zeros(0), np.zeros(0)
-    ctp, cfp = np.cumsum(tp), np.cumsum(fp)
-    recall = ctp / n_pos
-    precision = ctp / np.maximum(ctp + cfp, np.finfo(float).eps)
-    if len(order) == 0:
-        return 0.0, recall, precision
-    return voc_ap(recall, precision, use_07_metric), recall, precision
-
-
-def evaluate_detections(per_image: dict, dataset, iou_threshold=0.5) -> dict:
-    """Per-class AP (both metrics) for ``per_image``: image_id -> Detections, against a
-    dataset read with ``use_difficult=True``. Returns {"classes": {name: {...}}, "map07",
-    "map"}."""
-    results = {}
-    for k, name in enumerate(dataset.classes, start=1):
-        dets = [
-            (iid, float(s), b)
-            for iid, d in per_image.items()
-            for s, b in zip(d.scores[d.labels == k], d.boxes[d.labels == k], strict=True)
-        ]
-        ann = {
-            it.image_id: (it.boxes[it.labels == k], it.difficult[it.labels == k]) for it in dataset
-        }
-        ap07, recall, precision = eval_class(dets, ann, iou_threshold, use_07_metric=True)
-        ap, _, _ = eval_class(dets, ann, iou_threshold, use_07_metric=False)
-        results[name] = {
-            "ap07": ap07,
-            "ap": ap,
-            "recall": recall.tolist(),
-            "precision": precision.tolist(),
-        }
+def class_metrics(detections: list, annotations: dict, iou_threshold: float = 0.5) -> dict:
+    """Every AP of one class (arguments as ``eval_class``): ``{"ap07", "ap", "recall",
+    "precision", "ap_by_iou", "ap_50_95", "ap_by_size"}``; recall/precision as lists."""
+    ap07, recall, precision = eval_class(detections, annotations, iou_threshold, True)
+    by_iou = ap_by_iou(detections, annotations)
     return {
-        "classes": results,
-        "map07": float(np.nanmean([r["ap07"] for r in results.values()])),
-        "map": float(np.nanmean([r["ap"] for r in results.values()])),
+        "ap07": ap07,
+        "ap": eval_class(detections, annotations, iou_threshold, False)[0],
+        "recall": recall.tolist(),
+        "precision": precision.tolist(),
+        "ap_by_iou": by_iou,
+        "ap_50_95": nanmean(by_iou.values()),
+        "ap_by_size": ap_by_size(detections, annotations, iou_threshold=iou_threshold),
     }
 
 
-def evaluate_model(model, dataset, proposals, progress=True, **detect_kwargs) -> tuple[dict, dict]:
+def evaluate_detections(per_image: dict, dataset, iou_threshold: float = 0.5) -> dict:
+    """All metrics for ``per_image`` (image_id -> Detections) against ``dataset`` (read
+    as ``evaluation_dataset`` does).
+
+    Returns ``{"classes": {name: class_metrics(...)}, "map07", "map", "map_by_iou":
+    {"0.50": .., "0.95": ..}, "map_50_95", "map_by_size": {"small", "medium", "large"},
+    "size_buckets": {name: [low, high or None]}, "fp_causes": diagnosis.fp_causes(...)}``;
+    APs are floats, NaN for a class (or bucket) without ground truth, means skip NaN.
+    """
+    classes = {
+        name: class_metrics(
+            class_detections(per_image, label), class_annotations(dataset, label), iou_threshold
+        )
+        for label, name in enumerate(dataset.classes, start=1)
+    }
+    rows = classes.values()
+    return {
+        "classes": classes,
+        "map07": nanmean(r["ap07"] for r in rows),
+        "map": nanmean(r["ap"] for r in rows),
+        "map_by_iou": {
+            f"{t:.2f}": nanmean(r["ap_by_iou"][f"{t:.2f}"] for r in rows) for t in IOU_THRESHOLDS
+        },
+        "map_50_95": nanmean(r["ap_50_95"] for r in rows),
+        "map_by_size": {b: nanmean(r["ap_by_size"][b] for r in rows) for b in SIZE_BUCKETS},
+        "size_buckets": {
+            b: [low, None if np.isinf(high) else high] for b, (low, high) in SIZE_BUCKETS.items()
+        },
+        "fp_causes": fp_causes(per_image, dataset, dataset.classes, iou_threshold),
+    }
+
+
+def evaluate_model(
+    detector, dataset, proposals, progress=True, **detect_kwargs
+) -> tuple[dict, dict]:
     """Detect on every image of ``dataset`` and evaluate -> (results with seconds per
     image added, detections per image id)."""
     from minircnn.detect import detect
@@ -115,7 +107,7 @@ def evaluate_model(model, dataset, proposals, progress=True, **detect_kwargs) ->
     per_image, t0 = {}, time.perf_counter()
     for i in tqdm(range(len(dataset)), desc="detect", disable=not progress):
         per_image[dataset[i].image_id] = detect(
-            model, dataset.load_image(i), proposals[i], **detect_kwargs
+            detector, dataset.load_image(i), proposals[i], **detect_kwargs
         )
     seconds = (time.perf_counter() - t0) / max(len(dataset), 1)
     results = evaluate_detections(per_image, dataset)
@@ -124,11 +116,43 @@ def evaluate_model(model, dataset, proposals, progress=True, **detect_kwargs) ->
 
 
 def print_table(results: dict) -> None:
-    """Per-class AP table and mAP (VOC07 11-point and area)."""
-    print(f"{'class':>14}  {'AP (07)':>8}  {'AP (area)':>9}")
-    for name, r in results["classes"].items():
-        print(f"{name:>14}  {r['ap07']:8.3f}  {r['ap']:9.3f}")
-    print(f"{'mAP':>14}  {results['map07']:8.3f}  {results['map']:9.3f}")
+    """Per-class AP table with the mAP row, then size buckets and false-positive causes."""
+    print(
+        f"{'class':>14}  {'AP07':>6}  {'AP':>6}  {'AP75':>6}  {'AP.5:.95':>8}  "
+        + "  ".join(f"{b:>6}" for b in results["size_buckets"])
+    )
+    rows = {name: _row(r, "ap") for name, r in results["classes"].items()}
+    for name, values in {**rows, "mAP": _row(results, "map")}.items():
+        ap07, ap, ap75, ap_50_95, *by_size = values
+        print(
+            f"{name:>14}  {ap07:6.3f}  {ap:6.3f}  {ap75:6.3f}  {ap_50_95:8.3f}  "
+            + "  ".join(f"{v:6.3f}" for v in by_size)
+        )
+    print(
+        "AP07: VOC07 11-point, others area AP; AP and sizes at IoU 0.5; box areas: "
+        + ", ".join(
+            f"{b} [{low**0.5:g}^2, {'inf' if high is None else f'{high**0.5:g}^2'})"
+            for b, (low, high) in results["size_buckets"].items()
+        )
+    )
+    fp = results["fp_causes"]["per_image"]
+    print(
+        "false positives per image (top-N per class, N = its objects): "
+        + "  ".join(f"{c} {fp[c]:.2f}" for c in FP_CAUSES)
+    )
+
+
+def _row(r: dict, prefix: str) -> list[float]:
+    """AP07, AP, AP@0.75, AP@[.5:.95] and AP per size of a class (prefix "ap") or of the
+    whole (prefix "map")."""
+    by_size = list(r[f"{prefix}_by_size"].values())
+    return [
+        r[f"{prefix}07"],
+        r[prefix],
+        r[f"{prefix}_by_iou"]["0.75"],
+        r[f"{prefix}_50_95"],
+        *by_size,
+    ]
 
 
 def plot_pr(results: dict, path) -> Path:
@@ -150,10 +174,8 @@ def plot_pr(results: dict, path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from minircnn.data.voc import VOCDataset, dataset_classes
     from minircnn.detect import load_detector
     from minircnn.proposals.cache import load_or_compute
-    from minircnn.svd import compress_model
     from minircnn.viz import save_detection_grid
 
     parser = argparse.ArgumentParser(
@@ -172,26 +194,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scales", help="comma-separated shorter sides for multi-scale testing")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    model = load_detector(args.checkpoint)
+    detector = load_detector(args.checkpoint)
     if args.svd_rank:
-        model = compress_model(model, args.svd_rank)
-    classes = tuple(model.meta["classes"])
-    if classes == dataset_classes(Path(args.root) / f"VOC{args.year}"):
-        classes = None  # all classes: every image of the split is evaluated
-    dataset = VOCDataset(args.root, args.year, args.split, classes=classes, use_difficult=True)
+        detector = detector.compressed(args.svd_rank)
+    dataset = evaluation_dataset(args.root, args.year, args.split, detector.classes)
     proposals = load_or_compute(dataset, progress=not args.quiet)
     scales = [int(s) for s in args.scales.split(",")] if args.scales else None
     results, per_image = evaluate_model(
-        model, dataset, proposals, progress=not args.quiet, scales=scales
+        detector, dataset, proposals, progress=not args.quiet, scales=scales
     )
     print_table(results)
     print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image (detection, proposals cached)")
     out_dir = Path("runs") / (args.name or Path(args.checkpoint).parent.name)
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_pr(results, out_dir / "pr.png")
+    plot_fp_causes(results["fp_causes"], out_dir / "fp_causes.png")
     save_detection_grid(dataset, per_image, out_dir / "detections.png")
     (out_dir / "eval.json").write_text(json.dumps(results, indent=1))
-    print(f"wrote {out_dir}/pr.png, detections.png and eval.json")
+    print(f"wrote {out_dir}/pr.png, fp_causes.png, detections.png and eval.json")
     return results
 
 

@@ -10,22 +10,15 @@ Fast R-CNN (Girshick 2015, section 2, figure 1):
 The backbone is pre-trained as a ``Classifier`` (backbone + last max-pool + fc6 + fc7 +
 softmax) and converted as in section 2.2: the last max-pool becomes RoI pooling whose
 P x P output matches what fc6 was trained on, and the last FC + softmax are replaced by
-the two sibling heads. Checkpoints (atomic ``.npz``) carry everything detection needs.
+the two sibling heads. The math here is pure: no timers, logs or file handling
+(``minircnn.timing`` wraps stages from outside; ``minircnn.checkpoint`` saves and loads).
 """
 
-import json
-import os
-import time
-from collections import defaultdict
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
 from minircnn.layers import Conv2d, Dropout, Linear, MaxPool2d, ReLU, RoIPool
-
-CHECKPOINT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -62,28 +55,6 @@ class ModelConfig:
         """Classifier input size: the last max-pool halves the map to roi_size."""
         return 2 * self.stride * self.roi_size
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        """Inverse of ``asdict``; unknown keys are an error."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"ModelConfig: unknown keys {sorted(unknown)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
-
-
-class StageTimer:
-    """Wall time per named stage, summed over calls (for per-stage timing reports)."""
-
-    def __init__(self) -> None:
-        self.totals: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def __call__(self, name: str):
-        t0 = time.perf_counter()
-        yield
-        self.totals[name] += time.perf_counter() - t0
-
 
 class Backbone:
     """Blocks of conv3x3+ReLU layers (``convs_per_block[b]`` in block b, named like VGG's
@@ -115,22 +86,23 @@ class Backbone:
                 # the first conv of the lowest trained block needs no input gradient
                 conv.need_input_grad = b > n or (b == n and j > 0)
 
-    def forward(self, x, timer):
-        with timer("conv_forward"):
-            for layers, pool in self.blocks:
-                for _, conv, relu in layers:
-                    x = relu.forward(conv.forward(x))
-                if pool is not None:
-                    x = pool.forward(x)
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """images [N, 3, H, W] -> feature map [N, C, H/s, W/s] (s = 2^(blocks - 1))."""
+        for layers, pool in self.blocks:
+            for _, conv, relu in layers:
+                x = relu.forward(conv.forward(x))
+            if pool is not None:
+                x = pool.forward(x)
         return x
 
-    def backward(self, dy, timer):
-        with timer("conv_backward"):
-            for layers, pool in reversed(self.blocks[self.frozen_blocks :]):
-                if pool is not None:
-                    dy = pool.backward(dy)
-                for _, conv, relu in reversed(layers):
-                    dy = conv.backward(relu.backward(dy))
+    def backward(self, dy: np.ndarray) -> None:
+        """Gradient of the feature map -> parameter gradients of the trained blocks (the
+        frozen ones are skipped: nothing below them needs a gradient)."""
+        for layers, pool in reversed(self.blocks[self.frozen_blocks :]):
+            if pool is not None:
+                dy = pool.backward(dy)
+            for _, conv, relu in reversed(layers):
+                dy = conv.backward(relu.backward(dy))
 
     def named_layers(self):
         return [(name, conv) for layers, _ in self.blocks for name, conv, _ in layers]
@@ -251,7 +223,6 @@ class Classifier(_Network):
     def __init__(self, config: ModelConfig, rng=None, dtype=np.float32) -> None:
         rng = rng if rng is not None else np.random.default_rng(0)
         self.config = config
-        self.timer = StageTimer()
         self.backbone = Backbone(config.conv_channels, config.convs_per_block, dtype, rng, 0)
         self.pool5 = MaxPool2d(2)  # the layer that RoI pooling replaces after conversion
         flat = self.backbone.out_channels * config.roi_size**2
@@ -260,14 +231,14 @@ class Classifier(_Network):
 
     def forward(self, crops: np.ndarray) -> np.ndarray:
         """crops [B, 3, S, S] -> scores [B, K+1]."""
-        pooled = self.pool5.forward(self.backbone.forward(crops, self.timer))
+        pooled = self.pool5.forward(self.backbone.forward(crops))  # [B, C, P, P]
         self._pooled_shape = pooled.shape
         return self.cls.forward(self.head.forward(pooled.reshape(len(crops), -1)))
 
     def backward(self, dscores: np.ndarray) -> None:
         dflat = self.head.backward(self.cls.backward(dscores))
         dpooled = dflat.reshape(self._pooled_shape)  # [B, C*P*P] -> [B, C, P, P]
-        self.backbone.backward(self.pool5.backward(dpooled), self.timer)
+        self.backbone.backward(self.pool5.backward(dpooled))
 
     def named_layers(self):
         return [
@@ -291,7 +262,6 @@ class FastRCNN(_Network):
     def __init__(self, config: ModelConfig, rng=None, dtype=np.float32) -> None:
         rng = rng if rng is not None else np.random.default_rng(0)
         self.config = config
-        self.timer = StageTimer()
         self.backbone = Backbone(
             config.conv_channels, config.convs_per_block, dtype, rng, config.freeze_blocks
         )
@@ -317,29 +287,29 @@ class FastRCNN(_Network):
             own[name][...] = value
         return model
 
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """The conv feature map ``[N, C, H/s, W/s]``, computed once per image."""
-        return self.backbone.forward(images, self.timer)
-
-    def head_forward(self, features: np.ndarray, rois: np.ndarray):
-        """RoI pooling and the FC layers on a feature map: -> (cls_score, bbox_pred)."""
-        with self.timer("roi_pool"):
-            pooled = self.roi_pool.forward(features, rois)
-        self._pooled_shape = pooled.shape
-        with self.timer("fc"):
-            x = self.head.forward(pooled.reshape(len(pooled), -1))  # [R, C*P*P]
-            return self.cls_score.forward(x), self.bbox_pred.forward(x)
-
     def forward(self, images: np.ndarray, rois: np.ndarray):
-        return self.head_forward(self.features(images), rois)
+        """Figure 1, left to right: images ``[N, 3, H, W]``, rois ``[R, 5]`` (batch index,
+        x1, y1, x2, y2 in input pixels) -> (cls_score ``[R, K+1]``, bbox_pred ``[R, 4(K+1)]``).
+        """
+        features = self.backbone.forward(images)  # [N, C, H/s, W/s], once per image
+        pooled = self.roi_pool.forward(features, rois)  # [R, C, P, P], per RoI
+        return self.classify(pooled)
+
+    def classify(self, pooled: np.ndarray):
+        """Pooled features ``[R, C, P, P]`` -> fc6, fc7 -> the two sibling heads:
+        (cls_score ``[R, K+1]``, bbox_pred ``[R, 4(K+1)]``). R-CNN reuses this on warped crops.
+        """
+        self._pooled_shape = pooled.shape
+        x = self.head.forward(pooled.reshape(len(pooled), -1))  # [R, C*P*P] -> [R, fc7]
+        return self.cls_score.forward(x), self.bbox_pred.forward(x)
 
     def backward(self, dcls: np.ndarray, dbbox: np.ndarray) -> None:
-        with self.timer("fc"):
-            dx = self.cls_score.backward(dcls) + self.bbox_pred.backward(dbbox)
-            dpooled = self.head.backward(dx).reshape(self._pooled_shape)  # -> [R, C, P, P]
-        with self.timer("roi_pool"):
-            dfeatures = self.roi_pool.backward(dpooled)
-        self.backbone.backward(dfeatures, self.timer)
+        """Figure 1, right to left: the gradients of the two heads' outputs flow into fc7,
+        fc6, back through RoI pooling's argmax (section 2.3) into the trainable convs."""
+        dx = self.cls_score.backward(dcls) + self.bbox_pred.backward(dbbox)  # [R, fc7]
+        dpooled = self.head.backward(dx).reshape(self._pooled_shape)  # -> [R, C, P, P]
+        dfeatures = self.roi_pool.backward(dpooled)  # [N, C, H/s, W/s]
+        self.backbone.backward(dfeatures)
 
     def named_layers(self):
         return [
@@ -361,73 +331,3 @@ class FastRCNN(_Network):
 
     def trainable_names(self):
         return [*self.backbone.trainable_names(), "fc6", "fc7", "cls_score", "bbox_pred"]
-
-
-# ---------------------------------------------------------------- checkpoints
-def save_checkpoint(path, model: _Network, meta: dict, extra: dict | None = None) -> Path:
-    """Write ``model``'s parameters, its config and ``meta`` (JSON-able: classes, pixel
-    statistics, box-target normalisation, training state) plus ``extra`` arrays, atomically:
-    to a temporary file in the same folder, then renamed over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    header = {"version": CHECKPOINT_VERSION, "kind": model.kind, "config": asdict(model.config)}
-    header.update(meta)
-    arrays = {f"param/{k}": v for k, v in model.params().items()}
-    arrays.update(extra or {})
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, header=np.array(json.dumps(header)), **arrays)
-    os.replace(tmp, path)
-    return path
-
-
-def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
-    """(header dict, arrays) of a checkpoint; a clear error if it is not one."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            header = json.loads(str(z["header"]))
-            arrays = {k: z[k] for k in z.files if k != "header"}
-    except (OSError, KeyError, ValueError) as err:
-        raise ValueError(f"{path}: not a minircnn checkpoint ({err})") from err
-    if header.get("version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path}: checkpoint format version {header.get('version')}, "
-            f"expected {CHECKPOINT_VERSION}"
-        )
-    return header, arrays
-
-
-def checkpoint_config(header: dict, path, expected: ModelConfig | None = None) -> ModelConfig:
-    """The ModelConfig a checkpoint header records; with ``expected``, a different one is
-    refused, naming the fields that differ."""
-    config = ModelConfig.from_dict(header["config"])
-    if expected is not None and config != expected:
-        diffs = [
-            f"{f.name}: {getattr(config, f.name)} in the checkpoint, "
-            f"{getattr(expected, f.name)} here"
-            for f in fields(ModelConfig)
-            if getattr(config, f.name) != getattr(expected, f.name)
-        ]
-        raise ValueError(
-            f"{path}: checkpoint made with a different model configuration ({'; '.join(diffs)})"
-        )
-    return config
-
-
-def with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
-    """The arrays whose key starts with ``prefix`` ("param/", "momentum/"), prefix removed."""
-    return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
-
-
-def load_model(path, expected_config: ModelConfig | None = None):
-    """Build the network a checkpoint describes and load its weights -> (model, header).
-
-    With ``expected_config``, a checkpoint made with another configuration is refused.
-    """
-    header, arrays = read_checkpoint(path)
-    config = checkpoint_config(header, path, expected_config)
-    network = {"classifier": Classifier, "fast_rcnn": FastRCNN}[header["kind"]](config)
-    network.load_params(with_prefix(arrays, "param/"), source=str(path))
-    return network, header

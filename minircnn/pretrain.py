@@ -14,13 +14,15 @@ from pathlib import Path
 
 import numpy as np
 import skimage.transform
-from tqdm import tqdm
 
+from minircnn.checkpoint import load_model, save_checkpoint
+from minircnn.data.image import Preprocessing
 from minircnn.data.voc import VOCDataset
 from minircnn.layers import SoftmaxCrossEntropy
-from minircnn.model import Classifier, ModelConfig, load_model, save_checkpoint
+from minircnn.model import Classifier, ModelConfig
 from minircnn.ops.boxes import box_iou
 from minircnn.optim import SGD, SGDConfig
+from minircnn.progress import ProgressBar
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,9 @@ class PretrainConfig:
     seed: int = 0
 
 
-def crop_bank(dataset: VOCDataset, crop_size: int, mean, std, config: PretrainConfig, rng):
+def crop_bank(
+    dataset: VOCDataset, crop_size: int, preprocessing: Preprocessing, config: PretrainConfig, rng
+):
     """All training crops: float32 ``[M, 3, S, S]`` (normalised like network input) and
     int64 labels ``[M]`` (0 = background, 1..K = class)."""
     crops, labels = [], []
@@ -51,21 +55,24 @@ def crop_bank(dataset: VOCDataset, crop_size: int, mean, std, config: PretrainCo
             if box is not None:
                 crops.append(_warp(image, box, crop_size))
                 labels.append(0)
-    stack = (np.stack(crops).astype(np.float32) - mean) / std  # [M, S, S, 3]
-    return np.ascontiguousarray(stack.transpose(0, 3, 1, 2)), np.array(labels, dtype=np.int64)
+    return preprocessing.normalise(np.stack(crops)), np.array(labels, dtype=np.int64)
 
 
 def pretrain(
-    dataset, model_config: ModelConfig, mean, std, config: PretrainConfig, progress: bool = True
+    dataset,
+    model_config: ModelConfig,
+    preprocessing: Preprocessing,
+    config: PretrainConfig,
+    progress: bool = True,
 ) -> tuple[Classifier, list[dict]]:
     """Train a Classifier on the crop bank; returns it and per-iteration history."""
     rng = np.random.default_rng(config.seed)
-    crops, labels = crop_bank(dataset, model_config.crop_size, mean, std, config, rng)
+    crops, labels = crop_bank(dataset, model_config.crop_size, preprocessing, config, rng)
     model = Classifier(model_config, rng).train()
     optimizer = SGD(model.params(), SGDConfig(lr=config.lr, steps=(int(0.7 * config.iterations),)))
     loss_fn = SoftmaxCrossEntropy()
     history = []
-    bar = tqdm(range(config.iterations), desc="pre-train", disable=not progress)
+    bar = ProgressBar(range(config.iterations), desc="pre-train", enabled=progress)
     for it in bar:
         pick = rng.choice(len(crops), config.batch_size, replace=False)
         batch = crops[pick]
@@ -85,9 +92,8 @@ def pretrain(
 
 def load_or_pretrain(
     dataset,
-    model_config,
-    mean,
-    std,
+    model_config: ModelConfig,
+    preprocessing: Preprocessing,
     config: PretrainConfig,
     cache_dir="data/pretrained",
     progress=True,
@@ -97,6 +103,7 @@ def load_or_pretrain(
         {
             "model": asdict(model_config),
             "pretrain": asdict(config),
+            "preprocessing": asdict(preprocessing),
             "root": str(dataset.root),
             "split": dataset.split,
             "ids": [it.image_id for it in dataset],
@@ -107,16 +114,15 @@ def load_or_pretrain(
     if path.exists():
         model, _ = load_model(path, expected_config=model_config)
         return model.eval()
-    model, history = pretrain(dataset, model_config, mean, std, config, progress)
+    model, history = pretrain(dataset, model_config, preprocessing, config, progress)
     tail = history[-20:]
-    meta = {
+    header = {
         "classes": list(dataset.classes),
-        "pixel_mean": np.asarray(mean).tolist(),
-        "pixel_std": np.asarray(std).tolist(),
+        "preprocessing": asdict(preprocessing),
         "final_loss": float(np.mean([h["loss"] for h in tail])),
         "final_accuracy": float(np.mean([h["accuracy"] for h in tail])),
     }
-    save_checkpoint(path, model, meta)
+    save_checkpoint(path, model, header)
     return model
 
 

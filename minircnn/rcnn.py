@@ -14,7 +14,7 @@ comparison.)
 
 import numpy as np
 
-from minircnn.detect import decode_outputs
+from minircnn.detect import Detector, decode_outputs
 from minircnn.layers import MaxPool2d
 
 
@@ -37,21 +37,19 @@ def warp_regions(image: np.ndarray, boxes: np.ndarray, size: int) -> np.ndarray:
     return top * (1 - fy) + bottom * fy
 
 
-def rcnn_score_proposals(model, image, proposals, batch_size: int = 128):
+def rcnn_score_proposals(detector: Detector, image, proposals, batch_size: int = 128):
     """Class probabilities [P, K+1] and class-specific boxes [P, 4(K+1)] for every
     proposal, computed R-CNN's way: one full network pass per warped crop."""
-    meta, config = model.meta, model.config
-    model.eval()
-    mean, std = np.array(meta["pixel_mean"]), np.array(meta["pixel_std"])
+    model, pre = detector.model.eval(), detector.preprocessing
     pool5 = MaxPool2d(2)
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     scores, deltas = [], []
     for start in range(0, len(proposals), batch_size):
-        crops = warp_regions(image, proposals[start : start + batch_size], config.crop_size)
-        x = np.ascontiguousarray(((crops - mean) / std).transpose(0, 3, 1, 2), dtype=np.float32)
-        pooled = pool5.forward(model.backbone.forward(x, model.timer))  # [B, C, P, P]
-        h = model.head.forward(pooled.reshape(len(pooled), -1))
-        scores.append(model.cls_score.forward(h))
-        deltas.append(model.bbox_pred.forward(h))
+        crops = warp_regions(image, proposals[start : start + batch_size], model.config.crop_size)
+        x = pre.normalise(crops)  # [B, S, S, 3] -> [B, 3, S, S]
+        pooled = pool5.forward(model.backbone.forward(x))  # [B, C, P, P]
+        cls_score, bbox_pred = model.classify(pooled)
+        scores.append(cls_score)
+        deltas.append(bbox_pred)
     cls_score, bbox_pred = np.concatenate(scores), np.concatenate(deltas)
-    return decode_outputs(model, cls_score, bbox_pred, proposals, *image.shape[:2])
+    return decode_outputs(pre, cls_score, bbox_pred, proposals, *image.shape[:2])

@@ -65,5 +65,4 @@ def compress_model(model, rank: float):
         low = truncated_svd(layer, t)
         head.seq[head.seq.index(layer)] = low
         setattr(head, name, low)
-    model.svd_rank = rank
     return model

@@ -16,29 +16,23 @@ import csv
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
-from minircnn.bench import sgemm_gflops
-from minircnn.data.sampling import HierarchicalSampler, SamplerConfig, pixel_statistics
+from minircnn.checkpoint import checkpoint_config, read_checkpoint, save_checkpoint, with_prefix
+from minircnn.data.image import Preprocessing, pixel_statistics
+from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
 from minircnn.data.voc import VOCDataset
-from minircnn.layers.losses import MultiTaskLoss
-from minircnn.model import (
-    FastRCNN,
-    ModelConfig,
-    StageTimer,
-    checkpoint_config,
-    read_checkpoint,
-    save_checkpoint,
-    with_prefix,
-)
-from minircnn.ops.boxes import TARGET_MEANS, TARGET_STDS
+from minircnn.layers.losses import LossTuple, MultiTaskLoss
+from minircnn.model import FastRCNN, ModelConfig
 from minircnn.optim import SGD, SGDConfig
 from minircnn.pretrain import PretrainConfig, load_or_pretrain
-from minircnn.proposals.cache import ProposalConfig, load_or_compute
+from minircnn.progress import ProgressBar
+from minircnn.proposals.cache import ProposalConfig, SchedulerError, load_or_compute
+from minircnn.timing import StageTimer, instrument_fast_rcnn, time_calls
 
 
 @dataclass(frozen=True)
@@ -46,15 +40,23 @@ class TrainConfig:
     """Fine-tuning schedule; comments give the paper's values."""
 
     epochs: int = 8  # paper: 40k iterations of N = 2 on VOC07 (~16 epochs)
-    lr: float = 0.02  # paper: 0.001 (VGG16 from ImageNet; our small net from scratch needs more)
     lr_step_epochs: tuple[int, ...] = (6,)  # paper: lr / 10 after 30k iterations
-    momentum: float = 0.9  # paper: 0.9
-    weight_decay: float = 5e-4  # paper: 0.0005
     seed: int = 0
+    # paper: lr 0.001 for VGG16 from ImageNet; our small net from scratch needs more.
+    # Its ``steps`` are filled in from lr_step_epochs.
+    sgd: SGDConfig = SGDConfig(lr=0.02)
+
+
+class StepResult(NamedTuple):
+    """What one iteration reports: the loss terms, the gradient norm, the RoI accuracy."""
+
+    losses: LossTuple
+    grad_norm: float
+    accuracy: float
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite; the last good checkpoint (if any) is kept."""
 
 
 class Trainer:
@@ -66,75 +68,72 @@ class Trainer:
         sampler: HierarchicalSampler,
         config: TrainConfig,
         run_dir: str | Path,
-        meta: dict,
+        header: dict,
         rng: np.random.Generator,
     ) -> None:
+        """``header``: what the checkpoint declares beside the weights (class names and
+        the Preprocessing detection needs)."""
         self.model, self.sampler, self.config, self.rng = model, sampler, config, rng
         self.run_dir = Path(run_dir)
-        self.meta = meta
-        self.iters_per_epoch = len(sampler.dataset) // sampler.config.images_per_batch
+        self.header = header
+        self.iters_per_epoch = len(sampler.usable) // (sampler.config.images_per_batch)
         steps = tuple(e * self.iters_per_epoch for e in config.lr_step_epochs)
-        sgd = SGDConfig(
-            lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, steps=steps
-        )
-        self.optimizer = SGD(model.params(trainable_only=True), sgd)
+        self.optimizer = SGD(model.params(trainable_only=True), replace(config.sgd, steps=steps))
         self.loss = MultiTaskLoss(loc_weight=1.0)
-        self.timer = StageTimer()
         self.iteration, self.epoch, self.log = 0, 0, []
         self.flops, self.steps_done = 0.0, 0  # work done in this process (for the report)
+        # per-stage wall time, measured by wrapping the stages from outside
+        self.timer = instrument_fast_rcnn(model, StageTimer())
+        time_calls(self.timer, "sampling", sampler, "batch")
+        time_calls(self.timer, "loss", self.loss, "forward", "backward")
+        time_calls(self.timer, "sgd", self.optimizer, "step")
 
     @property
     def checkpoint_path(self) -> Path:
         return self.run_dir / "checkpoint.npz"
 
-    def step(self, batch) -> tuple:
-        """One SGD iteration on a MiniBatch -> (LossTuple, gradient norm, fg accuracy)."""
-        model = self.model.train()
-        cls_score, bbox_pred = model.forward(batch.images, batch.rois)
-        with self.timer("loss"):
-            losses = self.loss.forward(
-                cls_score, bbox_pred, batch.labels, batch.bbox_targets, batch.bbox_weights
-            )
-            if not np.isfinite(losses.total):
-                raise TrainingDiverged(
-                    f"loss is {losses.total} at iteration {self.iteration}; stopped, the last "
-                    f"good checkpoint is kept at {self.checkpoint_path}"
-                )
-            dcls, dbbox = self.loss.backward()
-        model.backward(dcls, dbbox)
-        with self.timer("sgd"):
-            grad_norm = self.optimizer.step(model.grads(), self.iteration)
+    def step(self, image_indices) -> StepResult:
+        """One SGD iteration of Fast R-CNN (section 2.3) on the images ``image_indices``."""
+        batch = self.sampler.batch(image_indices)  # N images, R RoIs with labels, targets
+        cls_score, bbox_pred = self.model.train().forward(batch.images, batch.rois)
+        losses = self.loss.forward(  # eq. 1: L_cls + lambda [u >= 1] L_loc
+            cls_score, bbox_pred, batch.labels, batch.bbox_targets, batch.bbox_weights
+        )
+        self._stop_if_diverged(losses)
+        self.model.backward(*self.loss.backward())  # heads -> fc -> RoI pool -> convs
+        grad_norm = self.optimizer.step(self.model.grads(), self.iteration)  # momentum SGD
+        self.flops += self.model.train_flops(batch.images.shape, len(batch.rois))
+        self.iteration += 1
         accuracy = float(np.mean(cls_score.argmax(axis=1) == batch.labels))
-        return losses, grad_norm, accuracy
+        return StepResult(losses, grad_norm, accuracy)
+
+    def _stop_if_diverged(self, losses: LossTuple) -> None:
+        if np.isfinite(losses.total):
+            return
+        kept = (
+            f"the last good checkpoint is kept at {self.checkpoint_path}"
+            if self.checkpoint_path.exists()
+            else "no checkpoint had been written yet (one is written after each epoch)"
+        )
+        raise TrainingDiverged(
+            f"loss is {losses.total} at iteration {self.iteration}; stopped, {kept}"
+        )
 
     def run(self, progress: bool = True) -> list[dict]:
         """Train from the current epoch to ``config.epochs``; returns the log rows."""
         for epoch in range(self.epoch, self.config.epochs):
             batches = self.sampler.epoch()
-            bar = tqdm(
-                batches, desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=not progress
+            bar = ProgressBar(
+                batches, desc=f"epoch {epoch + 1}/{self.config.epochs}", enabled=progress
             )
             t_epoch = time.perf_counter()
-            for indices in bar:
-                with self.timer("sampling"):
-                    batch = self.sampler.batch(indices)
-                self.flops += self.model.train_flops(batch.images.shape, len(batch.rois))
-                losses, grad_norm, accuracy = self.step(batch)
+            for done, indices in enumerate(bar, start=1):
+                lr = self.optimizer.lr_at(self.iteration)
+                result = self.step(indices)
                 self.steps_done += 1
-                self.log.append(
-                    {
-                        "iteration": self.iteration,
-                        "epoch": epoch,
-                        "loss": losses.total,
-                        "loss_cls": losses.cls,
-                        "loss_loc": losses.loc,
-                        "accuracy": accuracy,
-                        "grad_norm": grad_norm,
-                        "lr": self.optimizer.lr_at(self.iteration),
-                    }
-                )
-                self.iteration += 1
-                rate = bar.n * len(indices) / max(time.perf_counter() - t_epoch, 1e-9)
+                self.log.append(_log_row(self.iteration - 1, epoch, result, lr))
+                rate = done * len(indices) / max(time.perf_counter() - t_epoch, 1e-9)
+                losses = result.losses
                 bar.set_postfix(
                     cls=f"{losses.cls:.3f}", loc=f"{losses.loc:.3f}", img_s=f"{rate:.1f}"
                 )
@@ -144,6 +143,8 @@ class Trainer:
 
     def save(self) -> None:
         """Atomic checkpoint + log.csv + loss.png for the run so far."""
+        from minircnn.viz import plot_losses
+
         state = {
             "iteration": self.iteration,
             "epoch": self.epoch,
@@ -151,10 +152,9 @@ class Trainer:
             "train_config": asdict(self.config),
             "sampler_config": asdict(self.sampler.config),
         }
-        extra = {f"momentum/{k}": v for k, v in self.optimizer.state_dict().items()}
-        save_checkpoint(
-            self.checkpoint_path, self.model, {**self.meta, "train_state": state}, extra
-        )
+        momentum = {f"momentum/{k}": v for k, v in self.optimizer.state_dict().items()}
+        header = {**self.header, "train_state": state}
+        save_checkpoint(self.checkpoint_path, self.model, header, momentum)
         _write_log(self.run_dir / "log.csv", self.log)
         plot_losses(self.log, self.run_dir / "loss.png")
 
@@ -177,26 +177,18 @@ class Trainer:
             self.log = [r for r in rows if r["iteration"] < self.iteration]
 
 
-def plot_losses(log: list[dict], path) -> None:
-    """Loss terms against iteration (a moving average over 20 iterations)."""
-    from minircnn.viz import plt, save_figure
-
-    if not log:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    its = np.array([r["iteration"] for r in log])
-    for key, label in (("loss", "total"), ("loss_cls", "L_cls"), ("loss_loc", "L_loc")):
-        values = np.array([r[key] for r in log])
-        k = min(20, len(values))
-        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
-        ax.plot(its[k - 1 :], smooth, label=label)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
+def _log_row(iteration: int, epoch: int, result: StepResult, lr: float) -> dict:
+    losses = result.losses
+    return {
+        "iteration": iteration,
+        "epoch": epoch,
+        "loss": losses.total,
+        "loss_cls": losses.cls,
+        "loss_loc": losses.loc,
+        "accuracy": result.accuracy,
+        "grad_norm": result.grad_norm,
+        "lr": lr,
+    }
 
 
 def _write_log(path, rows) -> None:
@@ -207,11 +199,6 @@ def _write_log(path, rows) -> None:
             writer.writeheader()
             writer.writerows(rows)
         tmp.replace(path)
-
-
-def _config_from(cls, overrides: dict):
-    names = {f.name for f in fields(cls)}
-    return cls(**{k: v for k, v in overrides.items() if k in names and v is not None})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--classes", help="comma-separated subset of classes, e.g. car,cat,dog")
     data.add_argument("--max-images", type=int, help="use at most this many images")
     data.add_argument("--jobs", type=int, default=-1, help="selective-search workers")
+    data.add_argument(
+        "--scheduler",
+        metavar="local|tcp://HOST:8786",
+        help="selective search on Dask (see python -m minircnn.proposals --help)",
+    )
     run = p.add_argument_group("run")
     run.add_argument("--name", help="run folder under runs/ (default: tiny or voc)")
     run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
@@ -255,47 +247,48 @@ def fit(
     pretrain_config: PretrainConfig | None = None,
     sampler_config: SamplerConfig | None = None,
     proposal_config: ProposalConfig | None = None,
+    image_sizes: dict | None = None,
     proposal_cache: str | Path = "data/proposals",
     pretrain_cache: str | Path = "data/pretrained",
     resume: bool = False,
     jobs: int = -1,
     progress: bool = True,
+    scheduler: str | None = None,
 ) -> Trainer:
     """The whole training procedure on ``dataset``: proposals (cached), pixel statistics,
-    classifier pre-training (cached) and conversion, then fine-tuning into ``run_dir``.
-    Configs left at None take their defaults. Returns the Trainer (its ``model`` is the
-    trained FastRCNN, with ``meta`` set);
-    ``trainer.wall`` holds the seconds each phase took. Raises TrainingDiverged."""
+    classifier pre-training (cached) and conversion (section 2.2), then fine-tuning into
+    ``run_dir``. Configs left at None take their defaults; ``image_sizes`` may set
+    Preprocessing's ``short_side`` / ``max_side``. Returns the Trainer (its ``model`` is
+    the trained FastRCNN); ``trainer.wall`` holds the seconds each phase took. ``jobs`` and
+    ``scheduler`` say where selective search runs (``proposals.cache.load_or_compute``).
+    Raises TrainingDiverged, or SchedulerError for an unusable ``scheduler``."""
     pretrain_config = pretrain_config or PretrainConfig()
     sampler_config = sampler_config or SamplerConfig()
     proposal_config = proposal_config or ProposalConfig()
     wall, t0 = {}, time.perf_counter()
-    proposals = load_or_compute(dataset, proposal_config, proposal_cache, jobs, progress=progress)
+    proposals = load_or_compute(
+        dataset, proposal_config, proposal_cache, jobs, scheduler, progress=progress
+    )
     wall["proposals"], t0 = time.perf_counter() - t0, time.perf_counter()
     mean, std = pixel_statistics(dataset)
+    preprocessing = Preprocessing(tuple(mean), tuple(std), **(image_sizes or {}))
     model_config = model_config or ModelConfig(num_classes=dataset.num_classes)
     rng = np.random.default_rng(train_config.seed)
     classifier = load_or_pretrain(
-        dataset, model_config, mean, std, pretrain_config, pretrain_cache, progress
+        dataset, model_config, preprocessing, pretrain_config, pretrain_cache, progress
     )
     model = FastRCNN.from_classifier(classifier, model_config, rng)
     wall["pre-training"], t0 = time.perf_counter() - t0, time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model.meta = {
-        "classes": list(dataset.classes),
-        "pixel_mean": mean.tolist(),
-        "pixel_std": std.tolist(),
-        "bbox_means": list(TARGET_MEANS),
-        "bbox_stds": list(TARGET_STDS),
-        "sampler": asdict(sampler_config),
-    }
+    header = {"classes": list(dataset.classes), "preprocessing": asdict(preprocessing)}
     config = {
         "model": asdict(model_config),
         "train": asdict(train_config),
         "pretrain": asdict(pretrain_config),
         "sampler": asdict(sampler_config),
         "proposals": asdict(proposal_config),
+        "preprocessing": asdict(preprocessing),
         "data": {
             "root": str(dataset.root),
             "split": dataset.split,
@@ -304,8 +297,8 @@ def fit(
         },
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
-    sampler = HierarchicalSampler(dataset, proposals, sampler_config, mean, std, rng)
-    trainer = Trainer(model, sampler, train_config, run_dir, model.meta, rng)
+    sampler = HierarchicalSampler(dataset, proposals, sampler_config, preprocessing, rng)
+    trainer = Trainer(model, sampler, train_config, run_dir, header, rng)
     if resume:
         trainer.resume(trainer.checkpoint_path)
         print(f"resumed from {trainer.checkpoint_path} at epoch {trainer.epoch}")
@@ -329,11 +322,17 @@ def main(argv: list[str] | None = None) -> int:
     classes = args.classes.split(",") if args.classes else None
     dataset = VOCDataset(root, args.year, args.split, classes=classes, max_images=args.max_images)
     t_data = time.perf_counter() - t_start
-    train_config = _config_from(
-        TrainConfig, {"epochs": args.epochs, "lr": args.lr, "seed": args.seed}
+    defaults = TrainConfig()
+    train_config = replace(
+        defaults,
+        epochs=args.epochs or defaults.epochs,
+        seed=args.seed,
+        sgd=replace(defaults.sgd, lr=args.lr or defaults.sgd.lr),
     )
-    pre_config = _config_from(
-        PretrainConfig, {"iterations": args.pretrain_iterations, "seed": args.seed}
+    pre_config = replace(
+        PretrainConfig(),
+        iterations=args.pretrain_iterations or PretrainConfig.iterations,
+        seed=args.seed,
     )
     run_dir = Path("runs") / (args.name or ("tiny" if args.tiny else "voc"))
     try:
@@ -345,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
             resume=args.resume,
             jobs=args.jobs,
             progress=not args.quiet,
+            scheduler=args.scheduler,
         )
+    except SchedulerError as err:  # dask missing or the scheduler unreachable: bad input
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     except TrainingDiverged as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
@@ -361,17 +364,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_timing(trainer: Trainer) -> None:
-    """Per-stage time per iteration (model and trainer stage timers), the arithmetic rate
-    and its fraction of this machine's SGEMM peak, and the recent loss terms."""
-    stages = {**trainer.model.timer.totals, **trainer.timer.totals}
+    """Per-stage time per iteration, the arithmetic rate, and the recent loss terms."""
+    stages = trainer.timer.totals
     n = max(trainer.steps_done, 1)
     per_stage = ", ".join(f"{k} {1e3 * v / n:.1f} ms" for k, v in stages.items())
     print(f"time per iteration: {per_stage} (total {1e3 * sum(stages.values()) / n:.1f} ms)")
     achieved = trainer.flops / max(sum(stages.values()), 1e-9) / 1e9
-    peak = sgemm_gflops()
     print(
         f"arithmetic: {trainer.flops / n / 1e9:.2f} GFLOP per iteration at {achieved:.1f} "
-        f"GFLOP/s, {100 * achieved / peak:.0f}% of NumPy's SGEMM peak here ({peak:.0f} GFLOP/s)"
+        "GFLOP/s (compare with the SGEMM peak that `python -m minircnn.bench` prints)"
     )
     tail = trainer.log[-50:]
     if tail:

@@ -79,6 +79,27 @@ def save_detection_grid(dataset, per_image: dict, path, n: int = 8, min_score: f
     return _image_grid(dataset, n, draw, path)
 
 
+def plot_losses(log: list[dict], path) -> Path | None:
+    """Loss terms of a training log (rows with iteration, loss, loss_cls, loss_loc)
+    against iteration, as a moving average over 20 iterations, saved as PNG."""
+    if not log:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    its = np.array([r["iteration"] for r in log])
+    for key, label in (("loss", "total"), ("loss_cls", "L_cls"), ("loss_loc", "L_loc")):
+        values = np.array([r[key] for r in log])
+        k = min(20, len(values))
+        smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+        ax.plot(its[k - 1 :], smooth, label=label)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def save_figure(fig, path: str | Path) -> Path:
     """Write a figure (creating folders) and close it."""
     path = Path(path)

@@ -77,6 +77,19 @@ def test_iou_properties(a, b):
 
 
 @settings(max_examples=60, deadline=None)
+@given(st.integers(0, 100), st.integers(0, 100), st.integers(1, 50), st.integers(1, 50))
+def test_iou_of_a_one_pixel_shift_counts_pixels(x, y, w, h):
+    # a w x h box (inclusive pixels: x2 = x + w - 1) against itself shifted right by one
+    # pixel shares (w - 1) columns of h pixels out of (w + 1) columns: IoU = (w-1)/(w+1).
+    # Without the +1 the widths would be w - 1 and this would not hold (and a one-pixel
+    # box, w = 1, would have no area at all).
+    box = np.array([[x, y, x + w - 1, y + h - 1]], dtype=float)
+    shifted = box + [1, 0, 1, 0]
+    np.testing.assert_allclose(box_iou(box, shifted), [[(w - 1) / (w + 1)]], rtol=1e-12)
+    np.testing.assert_allclose(box_iou(box, box), [[1.0]])
+
+
+@settings(max_examples=60, deadline=None)
 @given(boxes(st.just(6), moderate), boxes(st.just(6), moderate))
 def test_decode_inverts_encode(p, g):
     # sizes within 8..300 px keep every size ratio under the decode clamp (1000/16)

@@ -126,11 +126,28 @@ def test_real_voc_like_fixture(tmp_path):
     assert len(subset) == 1 and subset[0].labels.tolist() == [1]
 
 
+def test_one_pixel_wide_box_is_a_valid_box(tmp_path):
+    # xmin == xmax in the XML is one column of pixels (width x2 - x1 + 1 = 1), not zero area
+    root = write_voc(tmp_path, {"000001": [("cat", (5, 5, 5, 9), 0)]})
+    ds = VOCDataset(root)
+    np.testing.assert_array_equal(ds[0].boxes, [[4, 4, 4, 8]])
+    assert not any("box" in p.message for p in check_devkit(root))
+
+
+def test_cmyk_jpeg_is_read_as_rgb_and_check_mentions_it(tmp_path):
+    root = write_voc(tmp_path, {"000001": [("cat", (1, 1, 9, 9), 0)]})
+    path = root / "VOC2007" / "JPEGImages" / "000001.jpg"
+    Image.new("RGB", (40, 30), (255, 0, 0)).convert("CMYK").save(path, quality=100)
+    pixels = VOCDataset(root).load_image(0).reshape(-1, 3).astype(int)
+    assert np.all(np.abs(pixels - [255, 0, 0]) <= 3)  # red, not cyan (C, M, Y as R, G, B)
+    problems = [p for p in check_devkit(root) if "CMYK" in p.message]
+    assert len(problems) == 1 and not problems[0].fatal and problems[0].path == path
+
+
 @pytest.mark.parametrize(
     "objects,xml,match",
     [
         ([("cat", (5, 5, 3, 9), 0)], None, "inverted box"),
-        ([("cat", (5, 5, 5, 9), 0)], None, "zero-area box"),
         ([("cat", (5, 5, 45, 9), 0)], None, "outside the 40x30 image"),
         ([("unicorn", (1, 1, 5, 5), 0)], None, "unknown class name 'unicorn'"),
         ([], "<annotation><size><width>40", "malformed XML"),

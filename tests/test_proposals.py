@@ -7,7 +7,7 @@ from minircnn.data import toyvoc
 from minircnn.data.voc import VOCDataset
 from minircnn.ops.boxes import box_iou
 from minircnn.proposals import cache
-from minircnn.proposals.__main__ import recall_table
+from minircnn.proposals.recall import recall_table
 from minircnn.proposals.selective_search import initial_regions, selective_search
 
 

@@ -17,7 +17,6 @@ under a lighting gradient and sensor noise. Same seed, same bytes.
 
 import argparse
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -27,6 +26,14 @@ import skimage.data
 import skimage.draw
 import skimage.transform
 from PIL import Image
+
+from minircnn.data.vocwriter import (
+    VOCObject,
+    make_layout,
+    write_annotation,
+    write_classes,
+    write_image_sets,
+)
 
 CLASSES = ("disc", "box", "triangle", "cross", "star")
 PALETTE = np.array(
@@ -73,12 +80,10 @@ def generate(
     counts = dict(TINY if counts is None else counts)
     if not 16 <= min_size <= max_size:
         raise ValueError(f"need 16 <= min_size <= max_size, got {min_size}, {max_size}")
-    root = Path(out) / f"VOC{year}"
-    for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    root = make_layout(Path(out) / f"VOC{year}")
+    write_classes(root, CLASSES)
     split_ids: dict[str, list[str]] = {}
-    objects_by_id: dict[str, list[ToyObject]] = {}
+    objects_by_id: dict[str, list[VOCObject]] = {}
     index = 0
     for split in ("train", "val", "test"):
         split_ids[split] = []
@@ -88,16 +93,24 @@ def generate(
             rng = np.random.default_rng([seed, index])  # each image its own stream
             image, objects = render_image(rng, min_size, max_size)
             Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
-            _write_xml(root / "Annotations" / f"{image_id}.xml", image_id, image.shape, objects)
+            voc_objects = [
+                VOCObject(CLASSES[o.cls], o.box, o.truncated, o.difficult) for o in objects
+            ]
+            height, width, depth = image.shape
+            write_annotation(
+                root / "Annotations" / f"{image_id}.xml",
+                f"{image_id}.jpg",
+                width,
+                height,
+                voc_objects,
+                depth,
+                folder="VOC2007",
+                database="minircnn toy VOC",
+            )
             split_ids[split].append(image_id)
-            objects_by_id[image_id] = objects
+            objects_by_id[image_id] = voc_objects
     split_ids["trainval"] = split_ids["train"] + split_ids["val"]
-    main = root / "ImageSets" / "Main"
-    for split, ids in split_ids.items():
-        (main / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
-        for k, name in enumerate(CLASSES):
-            lines = [f"{i} {_presence(objects_by_id[i], k):2d}\n" for i in ids]
-            (main / f"{name}_{split}.txt").write_text("".join(lines))
+    write_image_sets(root, split_ids, CLASSES, objects_by_id)
     return root
 
 
@@ -216,40 +229,6 @@ def _lighting_and_noise(rng, image):
     ramp = (np.cos(angle) * x / width + np.sin(angle) * y / height)[..., None]
     image = image * (1 + rng.uniform(-0.3, 0.3) * ramp)
     return image + rng.normal(0, rng.uniform(2, 8), image.shape).astype(np.float32)
-
-
-# ---------------------------------------------------------------- files
-def _presence(objects, cls):
-    """VOC's per-class image-set flag: 1 present, 0 only difficult, -1 absent."""
-    flags = [o.difficult for o in objects if o.cls == cls]
-    if not flags:
-        return -1
-    return 0 if all(flags) else 1
-
-
-def _write_xml(path, image_id, shape, objects):
-    ann = ET.Element("annotation")
-    ET.SubElement(ann, "folder").text = "VOC2007"
-    ET.SubElement(ann, "filename").text = f"{image_id}.jpg"
-    source = ET.SubElement(ann, "source")
-    ET.SubElement(source, "database").text = "minircnn toy VOC"
-    size = ET.SubElement(ann, "size")
-    for tag, value in zip(
-        ("width", "height", "depth"), (shape[1], shape[0], shape[2]), strict=True
-    ):
-        ET.SubElement(size, tag).text = str(value)
-    ET.SubElement(ann, "segmented").text = "0"
-    for o in objects:
-        obj = ET.SubElement(ann, "object")
-        ET.SubElement(obj, "name").text = CLASSES[o.cls]
-        ET.SubElement(obj, "pose").text = "Unspecified"
-        ET.SubElement(obj, "truncated").text = str(int(o.truncated))
-        ET.SubElement(obj, "difficult").text = str(int(o.difficult))
-        bndbox = ET.SubElement(obj, "bndbox")
-        for tag, value in zip(("xmin", "ymin", "xmax", "ymax"), o.box, strict=True):
-            ET.SubElement(bndbox, tag).text = str(value + 1)  # VOC XML is 1-based
-    ET.indent(ann)
-    ET.ElementTree(ann).write(path, encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> None:

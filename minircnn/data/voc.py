@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import skimage.io
-import skimage.util
 from PIL import Image
 
 VOC_CLASSES = (
@@ -82,9 +80,12 @@ class VOCDataset:
     """The images of one image set of ``<root>/VOC<year>``.
 
     ``classes`` selects a subset of the data set's classes (labels are then 1..len(classes)
-    in that order) and keeps only images that contain one of them; ``max_images`` keeps the
-    first N images; ``use_difficult=False`` drops objects flagged difficult (as Fast R-CNN
-    training does), True keeps them (evaluation needs them to ignore them).
+    in that order; objects of other classes are dropped) and keeps only images that contain
+    one of them, unless ``keep_all_images``: then every image of the split stays, as
+    evaluation needs (the VOC devkit scores each class on every test image, so false
+    positives on images without the class count). ``max_images`` keeps the first N images;
+    ``use_difficult=False`` drops objects flagged difficult (as Fast R-CNN training does),
+    True keeps them (evaluation needs them to ignore them).
     """
 
     def __init__(
@@ -95,6 +96,7 @@ class VOCDataset:
         classes: list[str] | tuple[str, ...] | None = None,
         max_images: int | None = None,
         use_difficult: bool = False,
+        keep_all_images: bool = False,
     ) -> None:
         self.root = Path(root) / f"VOC{year}"
         self.split = split
@@ -105,7 +107,6 @@ class VOCDataset:
         if unknown:
             raise ValueError(f"classes {unknown} are not in this data set's {list(all_classes)}")
         self.classes = tuple(classes)
-        self.known_classes = all_classes
         self.use_difficult = use_difficult
         self.items: list[VOCItem] = []
         for image_id in read_image_set(self.root, split):
@@ -116,7 +117,7 @@ class VOCDataset:
                 warnings.warn(str(p), stacklevel=2)
             if not use_difficult:
                 item = _select(item, ~item.difficult)
-            if subset and len(item.labels) == 0:
+            if subset and not keep_all_images and len(item.labels) == 0:
                 continue  # subset: keep images with at least one selected object
             self.items.append(item)
             if max_images is not None and len(self.items) >= max_images:
@@ -198,10 +199,13 @@ def parse_annotation(
     elif check_image:
         try:
             with Image.open(image_path) as im:
-                actual = im.size
+                actual, mode = im.size, im.mode
         except OSError as err:
             problems.append(Problem(image_path, f"unreadable image ({err})"))
         else:
+            if mode not in ("RGB", "L"):  # read correctly, but worth knowing
+                msg = f"{mode} image, converted to RGB when read"
+                problems.append(Problem(image_path, msg, fatal=False))
             if actual != (width, height):
                 problems.append(
                     Problem(
@@ -224,7 +228,7 @@ def parse_annotation(
         except (TypeError, ValueError):
             problems.append(Problem(xml_path, f"{where}: missing or non-numeric <bndbox>"))
             continue
-        box, box_problems = _check_box(coords, width, height, xml_path, where)
+        box, box_problems = check_box(coords, width, height, xml_path, where)
         problems += box_problems
         if box is None or name not in classes:
             continue
@@ -246,26 +250,22 @@ def parse_annotation(
 
 
 def load_image(path: str | Path, expected_size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an image as RGB uint8 ``[H, W, 3]`` (grayscale expanded, alpha dropped).
+    """Read an image as RGB uint8 ``[H, W, 3]``: grayscale expanded, alpha dropped, CMYK
+    and palette images converted by PIL (taking C, M, Y as R, G, B would turn red cyan).
 
     ``expected_size`` ``(height, width)``, if given, must match (else VOCFormatError).
     """
     try:
-        image = skimage.io.imread(path)
+        with Image.open(path) as im:
+            image = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except (OSError, ValueError, SyntaxError) as err:
         raise VOCFormatError(f"{path}: unreadable image ({err})") from err
-    if image.dtype != np.uint8:
-        image = skimage.util.img_as_ubyte(image)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4):
-        raise VOCFormatError(f"{path}: expected an RGB or grayscale image, got shape {image.shape}")
     if expected_size is not None and image.shape[:2] != tuple(expected_size):
         raise VOCFormatError(
             f"{path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
             f"{expected_size[1]}x{expected_size[0]}"
         )
-    return np.ascontiguousarray(image[..., :3])
+    return np.ascontiguousarray(image)
 
 
 def check_devkit(root: str | Path, year: str = "2007") -> list[Problem]:
@@ -294,13 +294,19 @@ def check_devkit(root: str | Path, year: str = "2007") -> list[Problem]:
     return problems
 
 
-def _check_box(coords, width, height, xml_path, where):
-    """Validate one 0-based box; clip it if it is at most 1 px past the border."""
+def check_box(
+    coords: list[float], width: int, height: int, xml_path: Path, where: str
+) -> tuple[list[float] | None, list[Problem]]:
+    """Validate one 0-based inclusive box ``[x1, y1, x2, y2]`` against a ``width x height``
+    image; clip it if it is at most 1 px past the border (a non-fatal Problem).
+
+    Returns the (possibly clipped) box, or None when it is unusable, and the problems found,
+    each naming ``xml_path`` and ``where`` (e.g. "object 3 (dog)"). The converters in
+    ``minircnn.data.convert`` apply the same check, so what they write passes ``--check``.
+    """
     x1, y1, x2, y2 = coords
     if x2 < x1 or y2 < y1:
         return None, [Problem(xml_path, f"{where}: inverted box {coords} (x2 < x1 or y2 < y1)")]
-    if x2 == x1 or y2 == y1:
-        return None, [Problem(xml_path, f"{where}: zero-area box {coords}")]
     over = max(-x1, -y1, x2 - (width - 1), y2 - (height - 1))
     if over > 1:
         msg = f"{where}: box {coords} lies {over:g} px outside the {width}x{height} image"

@@ -27,9 +27,6 @@ class Layer:
         self.training = False
         return self
 
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
 
 def check_float_array(x: np.ndarray, name: str, ndim: int | None, dtype=None) -> np.ndarray:
     """Validate a floating input and return it C-contiguous (a copy only if needed).

@@ -97,8 +97,7 @@ class SoftmaxCrossEntropy(Layer):
         self, logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
     ) -> float:
         """logits: [B, K+1] float; labels: int [B] in 0..K (0 = background);
-        weights: [B] or None (all ones). Returns the scalar loss; probabilities are kept
-        in ``self.probs``."""
+        weights: [B] or None (all ones). Returns the scalar loss."""
         logits = check_float_array(logits, "SoftmaxCrossEntropy logits", 2)
         labels = np.ascontiguousarray(labels, dtype=np.int64)
         n, n_cls = logits.shape
@@ -122,7 +121,6 @@ class SoftmaxCrossEntropy(Layer):
             raise ValueError("SoftmaxCrossEntropy: empty batch")
         probs = np.empty_like(logits)
         loss = softmax_cross_entropy_forward(logits, labels, weights, probs)
-        self.probs = probs
         self._cache = (probs, labels, weights)
         return float(loss)
 

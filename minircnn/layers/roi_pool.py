@@ -1,9 +1,28 @@
-"""RoIPool layer: the thin class over ``minircnn.ops.roi_pool`` (Fast R-CNN section 2.1)."""
+"""RoI max pooling (Fast R-CNN section 2.1) and its backward pass (section 2.3, eq. 4):
+the ``RoIPool`` layer and, below it, the Numba kernels it calls.
+
+A RoI ``(batch_index, x1, y1, x2, y2)`` in input-image pixels is projected onto the feature
+map by ``spatial_scale`` (1/16 for VGG16's conv5), its corners rounded half away from zero.
+Its ``h x w`` window is cut into a ``ph x pw`` grid of sub-windows of size about
+``h/ph x w/pw``; each output cell is the max over its sub-window, per channel. So every
+RoI, whatever its size, becomes a fixed ``C x ph x pw`` feature for the FC layers.
+
+Bin geometry follows Caffe's ROIPoolingLayer of the original code (torchvision's
+``roi_pool`` follows it too), computed in the features' own float precision:
+
+    roi size   = max(round(x2*s) - round(x1*s) + 1, 1)
+    bin i      = [floor(i * size/P), ceil((i+1) * size/P)) + round(x1*s), clipped to the map
+
+An empty bin outputs 0 with argmax -1. The argmax (flat ``h*W + w`` in the RoI's image and
+channel) is what backward routes through: eq. 4 of the paper,
+``dL/dx_i = sum_r sum_j [i = argmax(r, j)] dL/dy_rj``. Several RoIs may pick the same
+input; their gradients add.
+"""
 
 import numpy as np
+from numba import njit, prange
 
 from minircnn.layers.base import Layer, check_float_array, check_same_shape, require_forward
-from minircnn.ops.roi_pool import roi_pool, roi_pool_backward
 
 
 class RoIPool(Layer):
@@ -29,3 +48,157 @@ class RoIPool(Layer):
         argmax, rois, features_shape = require_forward(self._cache, "RoIPool")
         dy = check_same_shape(dy, argmax.shape, "RoIPool")
         return roi_pool_backward(dy, argmax, rois, features_shape)
+
+
+def roi_pool(
+    features: np.ndarray,
+    rois: np.ndarray,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Max-pool each RoI to a fixed grid.
+
+    features: ``[N, C, H, W]`` float32/float64; rois: ``[R, 5]`` ``(batch_index, x1, y1,
+    x2, y2)``; output_size: ``P`` or ``(ph, pw)``; spatial_scale > 0.
+    Returns ``out [R, C, ph, pw]`` (features' dtype) and ``argmax`` int64, same shape.
+    """
+    features, rois, (ph, pw), batch = _validate(features, rois, output_size, spatial_scale)
+    n_rois, n_ch = rois.shape[0], features.shape[1]
+    h_lo, h_hi, w_lo, w_hi = roi_bins(rois, ph, pw, spatial_scale, features.shape, features.dtype)
+    out = np.empty((n_rois, n_ch, ph, pw), dtype=features.dtype)
+    argmax = np.empty((n_rois, n_ch, ph, pw), dtype=np.int64)
+    _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax)
+    return out, argmax
+
+
+def roi_pool_backward(
+    grad_out: np.ndarray, argmax: np.ndarray, rois: np.ndarray, features_shape: tuple
+) -> np.ndarray:
+    """Scatter-add ``grad_out [R, C, ph, pw]`` through ``argmax`` into the features.
+
+    Returns ``grad_features`` of shape ``features_shape`` ``[N, C, H, W]``, grad_out's
+    dtype. Parallel over (image, channel) planes, each summing its own RoIs in index order:
+    no two threads write one place, and the result is deterministic.
+    """
+    grad_out = np.ascontiguousarray(grad_out)
+    if grad_out.shape != argmax.shape:
+        raise ValueError(
+            f"roi_pool_backward: grad_out shape {grad_out.shape} != argmax shape {argmax.shape}"
+        )
+    batch = np.asarray(rois)[:, 0].astype(np.int64)
+    order = np.argsort(batch, kind="stable")  # RoIs grouped by image, index order within
+    starts = np.searchsorted(batch[order], np.arange(features_shape[0] + 1))
+    grad = np.empty(features_shape, dtype=grad_out.dtype)
+    _roi_pool_backward_kernel(grad_out, np.ascontiguousarray(argmax), order, starts, grad)
+    return grad
+
+
+@njit(parallel=True, cache=True)
+def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
+    n_rois, n_ch, ph, pw = out.shape
+    width = features.shape[3]
+    for rc in prange(n_rois * n_ch):
+        r = rc // n_ch
+        c = rc % n_ch
+        fmap = features[batch[r], c]  # [H, W] plane of this RoI's image and channel
+        for i in range(ph):
+            hs, he = h_lo[r, i], h_hi[r, i]
+            for j in range(pw):
+                ws, we = w_lo[r, j], w_hi[r, j]
+                if he <= hs or we <= ws:  # empty bin (outside the map)
+                    out[r, c, i, j] = 0.0
+                    argmax[r, c, i, j] = -1
+                    continue
+                best = fmap[hs, ws]
+                best_idx = hs * width + ws
+                for h in range(hs, he):
+                    for w in range(ws, we):
+                        v = fmap[h, w]
+                        if v > best:  # strict: ties keep the first in row-major order
+                            best = v
+                            best_idx = h * width + w
+                out[r, c, i, j] = best
+                argmax[r, c, i, j] = best_idx
+
+
+@njit(parallel=True, cache=True)
+def _roi_pool_backward_kernel(grad_out, argmax, order, starts, grad):
+    n_img, n_ch, _, width = grad.shape
+    ph, pw = grad_out.shape[2], grad_out.shape[3]
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        plane = grad[n, c]
+        plane[:] = 0.0
+        for k in range(starts[n], starts[n + 1]):
+            r = order[k]
+            for i in range(ph):
+                for j in range(pw):
+                    idx = argmax[r, c, i, j]
+                    if idx >= 0:
+                        plane[idx // width, idx % width] += grad_out[r, c, i, j]
+
+
+def _round_half_away(v: np.ndarray) -> np.ndarray:
+    """C's round(): halves go away from zero (np.round would go to even)."""
+    whole = np.trunc(v)
+    frac = v - whole  # exact in floating point
+    return whole + np.where(np.abs(frac) >= 0.5, np.sign(v), 0).astype(v.dtype)
+
+
+def roi_bins(rois, ph, pw, spatial_scale, features_shape, dtype):
+    """Bin edges per RoI: ``(h_lo, h_hi [R, ph], w_lo, w_hi [R, pw])`` int64, half-open
+    ``[lo, hi)`` feature-map cells, clipped to the map of ``features_shape`` [N, C, H, W].
+
+    rois: float64 ``[R, 5]``. Computed in ``dtype`` (the features' precision), as Caffe
+    and torchvision do.
+    """
+    height, width = features_shape[2], features_shape[3]
+    scaled = _round_half_away(rois[:, 1:5].astype(dtype) * dtype.type(spatial_scale))
+    x1, y1, x2, y2 = scaled.T.astype(np.int64)  # each [R]
+    roi_h = np.maximum(y2 - y1 + 1, 1).astype(dtype)
+    roi_w = np.maximum(x2 - x1 + 1, 1).astype(dtype)
+
+    def edges(start, size, n_bins, limit):
+        bin_size = size / dtype.type(n_bins)  # [R]
+        idx = np.arange(n_bins, dtype=dtype)  # [P]
+        lo = np.floor(idx[None, :] * bin_size[:, None]).astype(np.int64)  # [R, P]
+        hi = np.ceil((idx[None, :] + 1) * bin_size[:, None]).astype(np.int64)
+        lo = np.clip(lo + start[:, None], 0, limit)
+        hi = np.clip(hi + start[:, None], 0, limit)
+        return np.ascontiguousarray(lo), np.ascontiguousarray(hi)
+
+    h_lo, h_hi = edges(y1, roi_h, ph, height)
+    w_lo, w_hi = edges(x1, roi_w, pw, width)
+    return h_lo, h_hi, w_lo, w_hi
+
+
+def _validate(features, rois, output_size, spatial_scale):
+    if not isinstance(features, np.ndarray) or features.ndim != 4:
+        shape = getattr(features, "shape", type(features).__name__)
+        raise ValueError(f"roi_pool: features must be a [N, C, H, W] array, got {shape}")
+    if features.dtype not in (np.float32, np.float64):
+        raise ValueError(f"roi_pool: features must be float32 or float64, got {features.dtype}")
+    rois = np.asarray(rois)
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(f"roi_pool: rois must have shape [R, 5], got {rois.shape}")
+    rois = rois.astype(np.float64)
+    if not np.all(np.isfinite(rois)):
+        bad = np.flatnonzero(~np.all(np.isfinite(rois), axis=1))
+        raise ValueError(f"roi_pool: rois contain NaN or infinite values (rows {bad[:5].tolist()})")
+    batch = rois[:, 0]
+    if np.any(batch != np.round(batch)) or np.any(batch < 0) or np.any(batch >= features.shape[0]):
+        raise ValueError(
+            f"roi_pool: batch indices must be integers in [0, {features.shape[0] - 1}], got "
+            f"values in [{batch.min()}, {batch.max()}]"
+        )
+    inverted = (rois[:, 3] < rois[:, 1]) | (rois[:, 4] < rois[:, 2])
+    if np.any(inverted):
+        bad = np.flatnonzero(inverted)
+        raise ValueError(f"roi_pool: rois with x2 < x1 or y2 < y1 (rows {bad[:5].tolist()})")
+    if not spatial_scale > 0:
+        raise ValueError(f"roi_pool: spatial_scale must be > 0, got {spatial_scale}")
+    ph, pw = (output_size, output_size) if np.isscalar(output_size) else tuple(output_size)
+    if int(ph) < 1 or int(pw) < 1:
+        raise ValueError(f"roi_pool: output_size must be >= 1, got {output_size}")
+    return np.ascontiguousarray(features), rois, (int(ph), int(pw)), batch.astype(np.int64)

@@ -1,6 +1,6 @@
 """Box operations, one implementation each, used everywhere in minircnn.
 
-Convention (DESIGN.md): a box is ``(x1, y1, x2, y2)`` in 0-based *inclusive* pixel
+Convention (README, "Conventions"): a box is ``(x1, y1, x2, y2)`` in 0-based *inclusive* pixel
 coordinates, so its width is ``x2 - x1 + 1`` and its height ``y2 - y1 + 1``, as in the
 original Fast R-CNN code and the PASCAL VOC devkit.
 
@@ -11,7 +11,7 @@ Box regression (R-CNN appendix C; Fast R-CNN section 2.3): for a proposal P with
 
 Scale-invariant translation of the centre, log-space change of the size. Fast R-CNN trains
 on targets normalised to zero mean and unit variance; the fixed ``TARGET_STDS`` below are
-the values the later py-faster-rcnn code used and DESIGN.md prescribes.
+the values the later py-faster-rcnn code used.
 """
 
 import numpy as np

@@ -4,9 +4,18 @@ A cache is one ``.npz`` per split holding every image's boxes (0-based inclusive
 ``(x1, y1, x2, y2)`` float32, concatenated, with offsets), the image ids, a fingerprint of
 the image files and the selective-search parameters. A cache whose images or parameters
 differ from what is asked is stale and is recomputed.
+
+Selective search runs on this machine's cores through joblib, or on a Dask cluster
+(``scheduler="local"`` starts a ``distributed.LocalCluster``, ``"tcp://host:8786"``
+connects to a running ``dask scheduler``): the client reads each image's bytes and ships
+them, workers decode and search, so workers need minircnn installed but no shared
+filesystem; the cache is written once, by the client.
 """
 
+import contextlib
 import hashlib
+import io
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -16,10 +25,15 @@ import numpy as np
 from joblib import Parallel, delayed
 from tqdm import tqdm
 
-from minircnn.data.voc import VOCDataset, load_image
+from minircnn.data.voc import VOCDataset, VOCFormatError, load_image
 from minircnn.proposals.selective_search import selective_search
 
 CACHE_VERSION = 1
+DASK_MISSING = "--scheduler needs dask.distributed: pip install 'minircnn[dask]'"
+
+
+class SchedulerError(RuntimeError):
+    """A Dask scheduler cannot be used (dask missing, or no scheduler at the address)."""
 
 
 @dataclass(frozen=True)
@@ -43,14 +57,16 @@ def load_or_compute(
     config: ProposalConfig = ProposalConfig(),
     cache_dir: str | Path = "data/proposals",
     jobs: int = -1,
-    backend: str | None = None,
+    scheduler: str | None = None,
     progress: bool = True,
 ) -> list[np.ndarray]:
     """Proposals (float32 ``[P_i, 4]``) for every image of ``dataset``, in its order.
 
     Loads the split's cache when it matches the images and ``config``; otherwise runs
-    selective search over all images with joblib (``jobs`` workers, -1 = all cores;
-    ``backend`` e.g. "dask" for a cluster) and writes the cache atomically.
+    selective search over all images and writes the cache atomically: with joblib on
+    ``jobs`` local processes (-1 = all cores) when ``scheduler`` is None, else on Dask
+    (``"local"``: a LocalCluster of ``jobs`` single-threaded worker processes;
+    ``"tcp://host:port"``: a running scheduler's workers; SchedulerError if unusable).
     """
     path = cache_path(dataset, cache_dir)
     ids = [item.image_id for item in dataset]
@@ -59,16 +75,19 @@ def load_or_compute(
     cached = _read(path, ids, fingerprint, params)
     if cached is not None:
         return cached
-    tasks = (delayed(_one_image)(item.path, config) for item in dataset)
-    with Parallel(n_jobs=jobs, backend=backend, return_as="generator") as parallel:
-        proposals = list(
-            tqdm(
-                parallel(tasks),
-                total=len(dataset),
-                desc=f"selective search ({dataset.split})",
-                disable=not progress,
+    desc, paths = f"selective search ({dataset.split})", [item.path for item in dataset]
+    if scheduler is None:
+        tasks = (delayed(_one_image)(p, config) for p in paths)
+        with Parallel(n_jobs=jobs, return_as="generator") as parallel:
+            proposals = list(
+                tqdm(parallel(tasks), total=len(paths), desc=desc, disable=not progress)
             )
-        )
+    else:
+        with (
+            _dask_client(scheduler, jobs) as client,  # first: a bad --scheduler fails bar-less
+            tqdm(total=len(paths), desc=desc, disable=not progress) as bar,
+        ):
+            proposals = _compute_on_dask(client, paths, config, bar)
     _write(path, ids, fingerprint, params, proposals)
     return proposals
 
@@ -76,6 +95,70 @@ def load_or_compute(
 def _one_image(path, config):
     c = config
     return selective_search(load_image(path), c.mode, c.max_proposals, c.min_size, c.seed)
+
+
+def _one_encoded_image(name: str, data: bytes, config: ProposalConfig) -> np.ndarray:
+    """On a Dask worker: decode the image file's bytes (``name`` for messages), search."""
+    try:
+        image = load_image(io.BytesIO(data))
+    except VOCFormatError as err:
+        raise VOCFormatError(f"{name}: {str(err).split(': ', 1)[-1]}") from None
+    c = config
+    return selective_search(image, c.mode, c.max_proposals, c.min_size, c.seed)
+
+
+@contextlib.contextmanager
+def _dask_client(scheduler: str, jobs: int):
+    """A ``distributed.Client`` for ``scheduler`` ("local" or an address), closed after."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as err:
+        raise SchedulerError(DASK_MISSING) from err
+    with contextlib.ExitStack() as stack:
+        if scheduler == "local":
+            n = jobs if jobs > 0 else max(1, (os.cpu_count() or 1) + 1 + jobs)  # joblib's -1
+            # one thread per worker process: selective search holds the GIL; no dashboard,
+            # so runs beside each other do not fight over its port
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, dashboard_address=None)
+            address = stack.enter_context(cluster)
+        else:
+            address = scheduler
+        try:
+            client = stack.enter_context(Client(address, timeout="10s"))
+        except (OSError, TimeoutError) as err:
+            raise SchedulerError(f"{scheduler}: cannot reach the Dask scheduler ({err})") from None
+        yield client
+
+
+def _compute_on_dask(client, paths: list[Path], config: ProposalConfig, bar) -> list[np.ndarray]:
+    """Selective search of every image on the cluster, results in ``paths`` order.
+
+    The client reads and ships each image file's bytes (workers need no shared
+    filesystem), keeping only a window of a few images per worker thread in flight so a
+    large split never sits in memory at once."""
+    from dask.distributed import as_completed
+
+    window = max(8, 4 * sum(client.nthreads().values()))
+    todo = iter(enumerate(paths))
+    index = {}
+
+    def submit(i, path):
+        future = client.submit(
+            _one_encoded_image, str(path), Path(path).read_bytes(), config, pure=False
+        )
+        index[future.key] = i
+        return future
+
+    results: list[np.ndarray | None] = [None] * len(paths)
+    pending = as_completed([submit(i, p) for i, p in itertools.islice(todo, window)])
+    for future in pending:
+        results[index.pop(future.key)] = future.result()  # re-raises a worker's error
+        future.release()
+        bar.update()
+        following = next(todo, None)
+        if following is not None:
+            pending.add(submit(*following))
+    return results
 
 
 def _fingerprint(paths) -> str:

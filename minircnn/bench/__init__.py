@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m minircnn.bench` (see ``__main__``)."""

@@ -1,0 +1,170 @@
+"""Bench sections for single kernels: conv / max-pool / linear, RoI pooling, NMS."""
+
+import numpy as np
+
+from minircnn.bench.harness import (
+    compare,
+    print_table,
+    random_rois,
+    section,
+    torchvision_op,
+    try_import_torch,
+)
+from minircnn.layers import Conv2d, Linear, MaxPool2d
+from minircnn.layers.roi_pool import roi_pool, roi_pool_backward
+from minircnn.ops.nms import nms
+from minircnn.timing import best_time
+
+
+@section("layers")
+def bench_layers(quick: bool, threads: int) -> dict:
+    """Conv 3x3 (fwd+bwd), 2x2 max-pool (fwd+bwd) and Linear (fwd+bwd), float32."""
+    torch = try_import_torch(threads)
+    repeats = 3 if quick else 10
+    shapes = [(32, 64, 112), (64, 128, 56), (128, 256, 28)]
+    if quick:
+        shapes = [(c_in, c_out, s // 4) for c_in, c_out, s in shapes]
+    rng = np.random.default_rng(0)
+    rows = []
+    for c_in, c_out, size in shapes:
+        x = rng.standard_normal((2, c_in, size, size), dtype=np.float32)
+        conv = Conv2d(c_in, c_out, 3, padding=1, rng=rng)
+        dy = rng.standard_normal((2, c_out, size, size), dtype=np.float32)
+
+        def ours_conv(conv=conv, x=x, dy=dy):
+            conv.forward(x)
+            conv.backward(dy)
+
+        flops = 3 * 2 * 2 * c_out * c_in * 9 * size * size  # fwd, dx, dW
+        theirs = None
+        if torch is not None:
+            tx = torch.from_numpy(x).requires_grad_()
+            tw = torch.from_numpy(conv.params["weight"]).requires_grad_()
+            tb = torch.from_numpy(conv.params["bias"]).requires_grad_()
+            tdy = torch.from_numpy(dy)
+
+            def torch_conv(tx=tx, tw=tw, tb=tb, tdy=tdy):
+                torch.nn.functional.conv2d(tx, tw, tb, padding=1).backward(tdy)
+
+            theirs = best_time(torch_conv, repeats)
+        ours = best_time(ours_conv, repeats)
+        rows.append(compare({"op": f"conv3x3 {c_in}->{c_out} @{size}"}, ours, theirs, flops))
+
+    for _, c_out, size in shapes:
+        x = rng.standard_normal((2, c_out, size, size), dtype=np.float32)
+        pool = MaxPool2d(2)
+        dy = rng.standard_normal((2, c_out, size // 2, size // 2), dtype=np.float32)
+
+        def ours_pool(pool=pool, x=x, dy=dy):
+            pool.forward(x)
+            pool.backward(dy)
+
+        theirs = None
+        if torch is not None:
+            tx = torch.from_numpy(x).requires_grad_()
+            tdy = torch.from_numpy(dy)
+
+            def torch_pool(tx=tx, tdy=tdy):
+                torch.nn.functional.max_pool2d(tx, 2).backward(tdy)
+
+            theirs = best_time(torch_pool, repeats)
+        ours = best_time(ours_pool, repeats)
+        rows.append(compare({"op": f"maxpool2x2 {c_out} @{size}"}, ours, theirs))
+
+    n_in, n_out, batch = (12544, 1024, 128) if not quick else (3136, 512, 64)
+    fc = Linear(n_in, n_out, rng=rng)
+    x = rng.standard_normal((batch, n_in), dtype=np.float32)
+    dy = rng.standard_normal((batch, n_out), dtype=np.float32)
+
+    def ours_fc():
+        fc.forward(x)
+        fc.backward(dy)
+
+    theirs = None
+    if torch is not None:
+        tx = torch.from_numpy(x).requires_grad_()
+        tw = torch.from_numpy(fc.params["weight"]).requires_grad_()
+        tb = torch.from_numpy(fc.params["bias"]).requires_grad_()
+        tdy = torch.from_numpy(dy)
+
+        def torch_fc():
+            torch.nn.functional.linear(tx, tw, tb).backward(tdy)
+
+        theirs = best_time(torch_fc, repeats)
+    ours = best_time(ours_fc, repeats)
+    flops = 3 * 2 * batch * n_in * n_out
+    rows.append(compare({"op": f"linear {n_in}->{n_out} B{batch}"}, ours, theirs, flops))
+
+    columns = ["op", "ours_ms", "ours_GFLOPs", "torch_ms", "torch_GFLOPs", "ratio"]
+    print_table("layers (forward + backward, float32, N=2)", rows, columns)
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------- roi_pool
+@section("roi_pool")
+def bench_roi_pool(quick: bool, threads: int) -> dict:
+    """RoI max pooling 7x7 at scale 1/16, forward and forward+backward."""
+    torch = try_import_torch(threads)
+    tv_roi_pool = torchvision_op("roi_pool")
+    repeats = 5 if quick else 20
+    rng = np.random.default_rng(0)
+    cases = [(256, (2, 256, 14, 14)), (512, (2, 512, 38, 50))]
+    rows = []
+    for n_rois, shape in cases[:1] if quick else cases:
+        features = rng.standard_normal(shape, dtype=np.float32)
+        rois = random_rois(rng, n_rois, shape[0], shape[2] * 16, shape[3] * 16)
+        out, argmax = roi_pool(features, rois, 7, 1 / 16)
+        g = rng.standard_normal(out.shape, dtype=np.float32)
+
+        def fwd(features=features, rois=rois):
+            return roi_pool(features, rois, 7, 1 / 16)
+
+        def fwd_bwd(features=features, rois=rois, g=g):
+            _, arg = roi_pool(features, rois, 7, 1 / 16)
+            roi_pool_backward(g, arg, rois, features.shape)
+
+        ours = {"fwd": best_time(fwd, repeats), "fwd+bwd": best_time(fwd_bwd, repeats)}
+        theirs = {"fwd": None, "fwd+bwd": None}
+        if tv_roi_pool is not None:
+            tf = torch.from_numpy(features)
+            tfg = torch.from_numpy(features).requires_grad_()
+            tr, tg = torch.from_numpy(rois), torch.from_numpy(g)
+
+            def t_fwd(tf=tf, tr=tr):
+                with torch.no_grad():
+                    tv_roi_pool(tf, tr, 7, 1 / 16)
+
+            def t_fwd_bwd(tfg=tfg, tr=tr, tg=tg):
+                tv_roi_pool(tfg, tr, 7, 1 / 16).backward(tg)
+
+            theirs = {"fwd": best_time(t_fwd, repeats), "fwd+bwd": best_time(t_fwd_bwd, repeats)}
+        for what in ("fwd", "fwd+bwd"):
+            label = f"{n_rois} RoIs on {'x'.join(map(str, shape))} {what}"
+            rows.append(compare({"op": label}, ours[what], theirs[what]))
+    print_table("roi_pool (7x7, scale 1/16, float32)", rows, ["op", "ours_ms", "torch_ms", "ratio"])
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------- nms
+@section("nms")
+def bench_nms(quick: bool, threads: int) -> dict:
+    """Greedy NMS over 2000 random boxes at IoU 0.3 and 0.7."""
+    torch = try_import_torch(threads)
+    tv_nms = torchvision_op("nms")
+    rng = np.random.default_rng(0)
+    boxes = random_rois(rng, 2000, 1, 500, 600)[:, 1:].astype(np.float32)
+    scores = rng.random(2000).astype(np.float32)
+    rows = []
+    for thr in (0.3, 0.7):
+        ours = best_time(lambda thr=thr: nms(boxes, scores, thr), 5 if quick else 20)
+        theirs = None
+        if tv_nms is not None:
+            tb, ts = torch.from_numpy(boxes), torch.from_numpy(scores)
+            theirs = best_time(
+                lambda thr=thr, tb=tb, ts=ts: tv_nms(tb, ts, thr), 5 if quick else 20
+            )
+        row = compare({"op": f"nms 2000 boxes @IoU {thr}"}, ours, theirs)
+        row["kept"] = len(nms(boxes, scores, thr))
+        rows.append(row)
+    print_table("nms", rows, ["op", "kept", "ours_ms", "torch_ms", "ratio"])
+    return {"rows": rows}

@@ -1,0 +1,162 @@
+"""Bench sections for whole stages: selective search, and R-CNN against Fast R-CNN."""
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minircnn.bench.harness import print_table, random_rois, section
+from minircnn.timing import StageTimer, best_time, instrument_fast_rcnn
+
+
+@section("proposals")
+def bench_proposals(quick: bool, threads: int) -> dict:
+    """Selective search "fast" on 20 toy test images and 5 bundled photographs, beside
+    OpenCV's ximgproc selective search fast mode (when opencv-contrib is installed)."""
+    import skimage.data
+
+    from minircnn.data.voc import VOCDataset
+    from minircnn.proposals.recall import recall_table
+    from minircnn.proposals.selective_search import selective_search
+
+    try:
+        import cv2
+
+        cv2.setNumThreads(threads)
+        make_cv_ss = cv2.ximgproc.segmentation.createSelectiveSearchSegmentation
+    except (ImportError, AttributeError):
+        make_cv_ss = None
+    n_toy = 5 if quick else 20
+    try:
+        toy = VOCDataset("data/toyvoc", split="test", use_difficult=True)
+    except (OSError, ValueError):
+        print("\n(no data/toyvoc: run python -m minircnn.data.toyvoc --tiny for the toy rows)")
+        toy = []
+    sets = {"toy test": [toy.load_image(i) for i in range(min(n_toy, len(toy)))]}
+    photos = ("astronaut", "chelsea", "coffee", "rocket", "camera")
+    sets["skimage photos"] = [getattr(skimage.data, name)() for name in photos[: 2 if quick else 5]]
+    selective_search(sets["skimage photos"][0][:64, :64])  # compile outside the timing
+
+    def ours(img):
+        return selective_search(img)
+
+    def opencv(img):
+        ss = make_cv_ss()
+        bgr = np.ascontiguousarray((img if img.ndim == 3 else np.dstack([img] * 3))[..., ::-1])
+        ss.setBaseImage(bgr)
+        ss.switchToSelectiveSearchFast()
+        xywh = ss.process().astype(np.float32)
+        return np.column_stack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:] - 1])
+
+    rows = []
+    for name, images in sets.items():
+        if not images:
+            continue
+        row = {"images": f"{name} ({len(images)})"}
+        for side, fn in (("ours", ours), ("opencv", opencv if make_cv_ss else None)):
+            if fn is None:
+                continue
+            t0 = time.perf_counter()
+            boxes = [fn(img) for img in images]
+            row[f"{side}_s/img"] = (time.perf_counter() - t0) / len(images)
+            row[f"{side}_boxes"] = float(np.mean([len(b) for b in boxes]))
+            if name == "toy test":
+                items = [toy[i] for i in range(len(images))]
+                row[f"{side}_recall@0.5"] = recall_table(items, boxes, (2000,))[0.5][2000]
+        if "opencv_s/img" in row:
+            row["ratio"] = row["ours_s/img"] / row["opencv_s/img"]
+        rows.append(row)
+    columns = [
+        "images",
+        "ours_s/img",
+        "ours_boxes",
+        "ours_recall@0.5",
+        "opencv_s/img",
+        "opencv_boxes",
+        "opencv_recall@0.5",
+        "ratio",
+    ]
+    print_table("proposals (selective search fast)", rows, columns)
+    return {"rows": rows}
+
+
+# ---------------------------------------------------------------- rcnn_vs_fast
+@section("rcnn_vs_fast")
+def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoint.npz") -> dict:
+    """Test time per image: R-CNN's per-crop procedure vs Fast R-CNN (+ truncated SVD),
+    same weights, at 500 and 2000 proposals; Fast R-CNN's time split by stage; and the
+    mAP that SVD at 1/4 rank costs."""
+    from minircnn.data.voc import VOCDataset
+    from minircnn.detect import detect, load_detector, postprocess, score_proposals
+    from minircnn.evaluate import evaluate_model
+    from minircnn.proposals.cache import load_or_compute
+    from minircnn.proposals.selective_search import selective_search
+    from minircnn.rcnn import rcnn_score_proposals
+
+    if not Path(checkpoint).exists():
+        print(f"\n(no {checkpoint}: run python -m minircnn.train --tiny for this section)")
+        return {}
+    model = load_detector(checkpoint)  # a Detector
+    svd = model.compressed(0.25)
+    test = VOCDataset("data/toyvoc", split="test", use_difficult=True)
+    rng = np.random.default_rng(0)
+    images = [test.load_image(i) for i in range(2 if quick else 5)]
+    rows = []
+    for n in (500, 2000):
+        sets = []
+        for img in images:  # selective search boxes, topped up with random boxes to n
+            props = selective_search(img)[:n]
+            extra = random_rois(rng, n - len(props), 1, *img.shape[:2])[:, 1:]
+            sets.append(np.vstack([props, extra]).astype(np.float32))
+
+        def run(fn, sets=sets):
+            return lambda: [fn(img, p) for img, p in zip(images, sets, strict=True)]
+
+        per_image = {
+            "fast": best_time(run(lambda i, p: detect(model, i, p)), 3, 1),
+            "fast_svd": best_time(run(lambda i, p: detect(svd, i, p)), 3, 1),
+            "rcnn": best_time(
+                run(lambda i, p: postprocess(*rcnn_score_proposals(model, i, p))), 1, 0
+            ),
+        }
+        row = {"proposals": n, **{f"{k}_ms": 1e3 * v / len(images) for k, v in per_image.items()}}
+        row["speedup"] = per_image["rcnn"] / per_image["fast"]
+        row["speedup_svd"] = per_image["rcnn"] / per_image["fast_svd"]
+        rows.append(row)
+    cols = ["proposals", "rcnn_ms", "fast_ms", "fast_svd_ms", "speedup", "speedup_svd"]
+    print_table("R-CNN vs Fast R-CNN, test time per toy image (same weights)", rows, cols)
+
+    # Fast R-CNN per stage at 2000 proposals, proposals computed here too; the stages are
+    # timed by wrapping them from outside (the detection code has no timers)
+    timer = StageTimer()
+    with timer("proposals (selective search)"):
+        for img in images:
+            selective_search(img)
+    timed = copy.deepcopy(model)
+    instrument_fast_rcnn(timed.model, timer)
+    for img, p in zip(images, sets, strict=True):
+        with timer("detection in all"):
+            scores, boxes = score_proposals(timed, img, p)
+            with timer("nms"):
+                postprocess(scores, boxes)
+    pre = model.preprocessing
+    with timer("of which image scaling"):  # timed alone: Preprocessing is frozen
+        for img in images:
+            pre.network_input(img, pre.scale(*img.shape[:2]))
+    stages = dict(timer.totals)
+    stage_rows = [{"stage": k, "ms_per_image": 1e3 * v / len(images)} for k, v in stages.items()]
+    print_table("Fast R-CNN stages at 2000 proposals", stage_rows, ["stage", "ms_per_image"])
+
+    n_eval = 30 if quick else len(test)
+    proposals = load_or_compute(test, progress=False)[:n_eval]  # the whole split's cache
+    subset = VOCDataset("data/toyvoc", split="test", use_difficult=True, max_images=n_eval)
+    maps = {
+        name: evaluate_model(m, subset, proposals, progress=False)[0]["map07"]
+        for name, m in (("full", model), ("svd_1/4", svd))
+    }
+    print(
+        f"mAP@0.5 (VOC07) on {n_eval} test images: full {maps['full']:.3f}, "
+        f"SVD 1/4 rank {maps['svd_1/4']:.3f} (difference {maps['full'] - maps['svd_1/4']:+.3f})"
+    )
+    return {"rows": rows, "stages": stage_rows, "map": maps}

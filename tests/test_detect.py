@@ -1,0 +1,110 @@
+"""Detection: the output contract, which scale each RoI is pooled at, truncated SVD."""
+
+import numpy as np
+import pytest
+
+from minircnn.data.image import Preprocessing
+from minircnn.detect import Detector, detect, score_proposals
+from minircnn.layers import Linear
+from minircnn.model import FastRCNN, ModelConfig
+from minircnn.ops.boxes import box_iou
+from minircnn.svd import compress_model, truncated_svd
+
+CONFIG = ModelConfig(
+    num_classes=3, conv_channels=(8, 16), convs_per_block=(1, 2), roi_size=2, fc_dims=(32, 32)
+)
+PRE = Preprocessing((100.0,) * 3, (50.0,) * 3, short_side=64, max_side=96)
+
+
+def tiny_detector(seed=0) -> Detector:
+    model = FastRCNN(CONFIG, np.random.default_rng(seed))
+    model.params()["cls_score.weight"][...] *= 100  # confident, varied scores
+    model.params()["bbox_pred.weight"][...] *= 100  # visible box changes
+    return Detector(model.eval(), ("a", "b", "c"), PRE)
+
+
+def random_scene(seed, n=300):
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)
+    x1, y1 = rng.uniform(0, 60, n), rng.uniform(0, 40, n)
+    proposals = np.column_stack([x1, y1, x1 + rng.uniform(4, 40, n), y1 + rng.uniform(4, 30, n)])
+    return image, proposals
+
+
+@pytest.mark.parametrize("scales", [None, [48, 80]])
+def test_detection_contract(scales):
+    image, proposals = random_scene(1)
+    dets = detect(
+        tiny_detector(), image, proposals, score_threshold=0.0, max_per_image=50, scales=scales
+    )
+    assert dets.boxes.dtype == np.float32 and dets.scores.dtype == np.float32
+    assert dets.labels.dtype == np.int64 and dets.boxes.shape == (len(dets.scores), 4)
+    assert 0 < len(dets.scores) <= 50
+    assert np.all(np.diff(dets.scores) <= 0)
+    assert np.all((dets.labels >= 1) & (dets.labels <= 3))
+    assert np.all(dets.boxes[:, [0, 2]] >= 0) and np.all(dets.boxes[:, [0, 2]] <= 89)
+    assert np.all(dets.boxes[:, [1, 3]] >= 0) and np.all(dets.boxes[:, [1, 3]] <= 59)
+    for k in np.unique(dets.labels):
+        same = dets.boxes[dets.labels == k]
+        iou = box_iou(same, same)
+        assert np.all(iou[~np.eye(len(same), dtype=bool)] <= 0.3)  # per-class NMS at 0.3
+
+
+def test_multi_scale_pools_each_roi_at_the_scale_nearest_the_crop_area():
+    # 60x90 image, training scale 64 (cap 96): test scales 48 and 80 give factors
+    # min(48/60, 72/90) = 0.8 and min(80/60, 120/90) = 4/3. The crop is 2*2*2 = 8 px, so the
+    # preferred RoI area is 64: a 10x10 proposal (area 100) scales to 64 at 0.8 and to
+    # 178 at 4/3 -> scale 0.8; a 5x5 one (25) gives 16 vs 44.4 -> scale 4/3.
+    detector = tiny_detector()
+    big = np.array([[10, 10, 19, 19], [40, 20, 49, 29]], dtype=np.float32)
+    small = np.array([[0, 0, 4, 4], [60, 30, 64, 34], [30, 40, 34, 44]], dtype=np.float32)
+    proposals = np.vstack([small[:1], big[:1], small[1:], big[1:]])
+    calls = []
+    forward = detector.model.forward
+
+    def recording_forward(images, rois):
+        calls.append((images.shape, rois.copy()))
+        return forward(images, rois)
+
+    detector.model.forward = recording_forward
+    score_proposals(detector, np.zeros((60, 90, 3), np.uint8), proposals, scales=[48, 80])
+    assert [shape for shape, _ in calls] == [(1, 3, 48, 72), (1, 3, 80, 120)]
+    np.testing.assert_allclose(calls[0][1][:, 1:], big * 0.8, rtol=1e-6)
+    np.testing.assert_allclose(calls[1][1][:, 1:], small * 4 / 3, rtol=1e-6)
+
+
+def test_truncated_svd_error_is_bounded_by_the_first_dropped_singular_value():
+    # Eckart-Young: ||W - W_t||_2 = s_t (0-based), so each output row moves by at most
+    # s_t * ||x||; at full rank the layer is reproduced.
+    rng = np.random.default_rng(0)
+    layer = Linear(40, 24, dtype=np.float64, rng=rng)
+    layer.params["bias"][:] = rng.standard_normal(24)
+    x = rng.standard_normal((7, 40))
+    s = np.linalg.svd(layer.params["weight"], compute_uv=False)
+    exact = layer.forward(x)
+    np.testing.assert_allclose(truncated_svd(layer, 24).forward(x), exact, atol=1e-10)
+    for rank in (3, 6, 12):
+        err = np.linalg.norm(truncated_svd(layer, rank).forward(x) - exact, axis=1)
+        bound = s[rank] * np.linalg.norm(x, axis=1)
+        assert np.all(err <= bound * (1 + 1e-9))
+        assert err.max() > 0.1 * bound.max()  # and truncation really does change it
+    with pytest.raises(ValueError, match="rank"):
+        compress_model(FastRCNN(ModelConfig(num_classes=2)), 0)
+
+
+def test_svd_at_reduced_rank_keeps_scores_and_boxes_of_low_rank_layers():
+    # fc6 and fc7 made exactly rank 5: a rank-8 truncation (of 32) must give the same
+    # scores and boxes, a rank-3 one must not.
+    detector = tiny_detector()
+    rng = np.random.default_rng(3)
+    for name in ("fc6", "fc7"):
+        w = detector.model.params()[f"{name}.weight"]
+        u, s, vt = np.linalg.svd(w, full_matrices=False)
+        w[...] = (u[:, :5] * s[:5]) @ vt[:5] * rng.uniform(0.5, 2.0)
+    image, proposals = random_scene(2, n=100)
+    full_scores, full_boxes = score_proposals(detector, image, proposals)
+    svd_scores, svd_boxes = score_proposals(detector.compressed(8 / 32), image, proposals)
+    np.testing.assert_allclose(svd_scores, full_scores, atol=1e-4)
+    np.testing.assert_allclose(svd_boxes, full_boxes, atol=1e-2)
+    low_scores, _ = score_proposals(detector.compressed(3), image, proposals)
+    assert np.abs(low_scores - full_scores).max() > 1e-3
