@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minircnn.cli import InputError
 from minircnn.config import config_from_dict
 from minircnn.model import Classifier, FastRCNN, ModelConfig
 
@@ -21,7 +22,7 @@ CHECKPOINT_VERSION = 2  # 2: declared "preprocessing" replaced version 1's free-
 NETWORKS = {"classifier": Classifier, "fast_rcnn": FastRCNN}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that cannot be used; the message starts with its path."""
 
 
@@ -46,8 +47,14 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
     and CheckpointError (naming the file) when it is truncated, not a zip, not a minircnn
     checkpoint or from another format version."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
+    # an .npz is a zip whose directory is at its end: a partial copy has none, and an
+    # .npy or any other file would otherwise reach np.load's other readers
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path}: not a zip (.npz) file; truncated, or not a checkpoint")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "header" not in z.files:
@@ -60,6 +67,8 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
         raise CheckpointError(
             f"{path}: not a readable checkpoint (truncated or not an .npz file: {err})"
         ) from err
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a minircnn checkpoint (header is not a JSON object)")
     if header.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {header.get('version')}, this minircnn "
@@ -71,7 +80,10 @@ def read_checkpoint(path) -> tuple[dict, dict[str, np.ndarray]]:
 def checkpoint_config(header: dict, path, expected: ModelConfig | None = None) -> ModelConfig:
     """The ModelConfig a checkpoint header records; with ``expected``, a different one is
     refused, naming the fields that differ."""
-    config = config_from_dict(ModelConfig, header["config"])
+    try:
+        config = config_from_dict(ModelConfig, header["config"])
+    except (KeyError, TypeError, ValueError) as err:  # missing, unknown or invalid fields
+        raise CheckpointError(f"{path}: no usable model configuration ({err!r})") from err
     if expected is not None and config != expected:
         diffs = [
             f"{f.name}: {getattr(config, f.name)} in the checkpoint, "

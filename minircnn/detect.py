@@ -12,12 +12,14 @@ where its scaled area is closest to the network's preferred RoI area (224^2 for 
 here the pre-training crop size squared).
 """
 
-import argparse
+import os
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from minircnn import cli
 from minircnn.checkpoint import CheckpointError, load_model
 from minircnn.config import config_from_dict
 from minircnn.data.image import Preprocessing
@@ -58,8 +60,18 @@ def load_detector(checkpoint: str | Path) -> Detector:
     model, header = load_model(checkpoint)
     if not isinstance(model, FastRCNN):
         raise CheckpointError(f"{checkpoint}: a {header['kind']} checkpoint, not a Fast R-CNN one")
-    preprocessing = config_from_dict(Preprocessing, header["preprocessing"])
-    return Detector(model.eval(), tuple(header["classes"]), preprocessing)
+    try:
+        preprocessing = config_from_dict(Preprocessing, header["preprocessing"])
+        classes = tuple(header["classes"])
+    except (KeyError, TypeError, ValueError) as err:  # missing or malformed header entries
+        raise CheckpointError(
+            f"{checkpoint}: no usable classes and preprocessing in its header ({err!r})"
+        ) from err
+    if len(classes) != model.config.num_classes:
+        raise CheckpointError(
+            f"{checkpoint}: {len(classes)} class names for {model.config.num_classes} classes"
+        )
+    return Detector(model.eval(), classes, preprocessing)
 
 
 def detect(
@@ -129,39 +141,87 @@ def postprocess(scores, boxes, score_threshold=0.05, nms_threshold=0.3, max_per_
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    from minircnn.data.voc import load_image
-    from minircnn.proposals.selective_search import selective_search
+def coco_results(detections: list["Detections"], dataset, classes) -> list[dict]:
+    """Detections of every image as COCO's results format: one dict per box with
+    ``image_id`` (the image's index), ``file_name``, ``category_id`` (1..K),
+    ``category``, ``bbox`` ``[x, y, w, h]`` (w = x2 - x1 + 1: pixels counted inclusively,
+    so a box covering one pixel has width 1) and ``score``."""
+    rows = []
+    for index, dets in enumerate(detections):
+        for box, score, label in zip(dets.boxes, dets.scores, dets.labels, strict=True):
+            x1, y1, x2, y2 = (round(float(v), 2) for v in box)
+            rows.append(
+                {
+                    "image_id": index,
+                    "file_name": dataset[index].image_id,
+                    "category_id": int(label),
+                    "category": classes[int(label) - 1],
+                    "bbox": [
+                        round(x1, 2),
+                        round(y1, 2),
+                        round(x2 - x1 + 1, 2),
+                        round(y2 - y1 + 1, 2),
+                    ],
+                    "score": round(float(score), 5),
+                }
+            )
+    return rows
+
+
+@cli.command
+def main(argv: list[str] | None = None) -> int:
+    """Detect in the given images and folders; exit status 0, or 2 for bad input."""
+    import json
+
+    from minircnn.data.folder import ImageFolder
+    from minircnn.progress import ProgressBar
+    from minircnn.proposals.cache import load_or_compute
     from minircnn.viz import draw_boxes, plt, save_figure
 
-    parser = argparse.ArgumentParser(
-        prog="python -m minircnn.detect",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("images", nargs="+", help="image files")
+    parser = cli.ArgumentParser(prog="python -m minircnn.detect", description=__doc__)
+    parser.add_argument("images", nargs="+", help="image files and/or folders of images")
     parser.add_argument("--checkpoint", required=True)
-    parser.add_argument("--out", default="runs/detect", help="folder for the drawn images")
-    parser.add_argument("--score-threshold", type=float, default=0.5, help="drawn if above")
+    parser.add_argument("--out", default="runs/detect", help="folder for the results")
+    parser.add_argument(
+        "--score-threshold", type=cli.probability, default=0.5, help="drawn if above"
+    )
+    parser.add_argument("--cache-dir", default="data/proposals", help="proposal cache folder")
+    parser.add_argument("--jobs", type=cli.jobs, default=-1, help="selective-search workers")
+    parser.add_argument("--scheduler", help="selective search on Dask: 'local' or tcp://HOST:8786")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     detector = load_detector(args.checkpoint)
-    for path in args.images:
-        image = load_image(path)
-        dets = detect(detector, image, selective_search(image))
+    images = ImageFolder(args.images)
+    proposals = load_or_compute(
+        images,
+        cache_dir=args.cache_dir,
+        jobs=args.jobs,
+        scheduler=args.scheduler,
+        progress=not args.quiet,
+    )
+    out_dir = Path(args.out)
+    results = []
+    for i in ProgressBar(range(len(images)), desc="detect", enabled=not args.quiet):
+        image = images.load_image(i)
+        dets = detect(detector, image, proposals[i])
+        results.append(dets)
         show = dets.scores >= args.score_threshold
         fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))
         draw_boxes(
-            ax,
-            image,
-            dets.boxes[show],
-            dets.labels[show],
-            detector.classes,
-            scores=dets.scores[show],
+            ax, image, dets.boxes[show], dets.labels[show], detector.classes, dets.scores[show]
         )
         fig.tight_layout()
-        out = save_figure(fig, Path(args.out) / (Path(path).stem + "_detections.png"))
-        print(f"{path}: {int(show.sum())} detections -> {out}")
+        name = images[i].image_id.replace(os.sep, "__")
+        save_figure(fig, out_dir / (Path(name).with_suffix("").name + "_detections.jpg"))
+    json_path = out_dir / "detections.json"
+    json_path.write_text(json.dumps(coco_results(results, images, detector.classes), indent=1))
+    drawn = sum(int((d.scores >= args.score_threshold).sum()) for d in results)
+    print(
+        f"{len(images)} images, {drawn} detections with score >= {args.score_threshold} drawn "
+        f"in {out_dir}/; all detections (score > 0.05) in {json_path}"
+    )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -15,14 +15,13 @@ background (Hoiem et al. 2012; minircnn.evaluation.diagnosis). Writes eval.json,
 fp_causes.png and detections.png under runs/<name>/.
 """
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from minircnn import cli
 from minircnn.evaluation.ap import (
     IOU_THRESHOLDS,
     SIZE_BUCKETS,
@@ -35,6 +34,7 @@ from minircnn.evaluation.ap import (
     voc_ap,
 )
 from minircnn.evaluation.diagnosis import FP_CAUSES, fp_causes, plot_fp_causes
+from minircnn.progress import ProgressBar
 
 __all__ = ["voc_ap", "eval_class", "evaluate_detections", "evaluate_model", "evaluation_dataset"]
 
@@ -105,7 +105,7 @@ def evaluate_model(
     from minircnn.detect import detect
 
     per_image, t0 = {}, time.perf_counter()
-    for i in tqdm(range(len(dataset)), desc="detect", disable=not progress):
+    for i in ProgressBar(range(len(dataset)), desc="detect", enabled=progress):
         per_image[dataset[i].image_id] = detect(
             detector, dataset.load_image(i), proposals[i], **detect_kwargs
         )
@@ -173,35 +173,43 @@ def plot_pr(results: dict, path) -> Path:
     return save_figure(fig, path)
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> dict:
+    """Evaluate a checkpoint on a split: print the table, write the plots and eval.json;
+    returns the results. The checkpoint, data set and arguments are checked first."""
+    from minircnn.checkpoint import CheckpointError
+    from minircnn.data.voc import UnknownClassError
     from minircnn.detect import load_detector
     from minircnn.proposals.cache import load_or_compute
-    from minircnn.viz import save_detection_grid
 
-    parser = argparse.ArgumentParser(
-        prog="python -m minircnn.evaluate",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = cli.ArgumentParser(prog="python -m minircnn.evaluate", description=__doc__)
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--root", default="data/toyvoc")
     parser.add_argument("--year", default="2007")
     parser.add_argument("--split", default="test")
     parser.add_argument("--name", help="output folder under runs/ (default: the checkpoint's)")
     parser.add_argument(
-        "--svd-rank", type=float, help="truncated SVD of fc6/fc7: a rank (>= 1) or a fraction (< 1)"
+        "--svd-rank",
+        type=cli.svd_rank,
+        help="truncated SVD of fc6/fc7: a rank (>= 1) or a fraction (in (0, 1))",
     )
-    parser.add_argument("--scales", help="comma-separated shorter sides for multi-scale testing")
+    parser.add_argument(
+        "--scales", type=cli.scales, help="comma-separated shorter sides for multi-scale testing"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     detector = load_detector(args.checkpoint)
+    if args.scales:
+        cli.check_scales(args.scales, detector.model.config)
     if args.svd_rank:
         detector = detector.compressed(args.svd_rank)
-    dataset = evaluation_dataset(args.root, args.year, args.split, detector.classes)
+    try:
+        dataset = evaluation_dataset(args.root, args.year, args.split, detector.classes)
+    except UnknownClassError as err:
+        raise CheckpointError(f"{args.checkpoint}: a model of other classes; {err}") from err
     proposals = load_or_compute(dataset, progress=not args.quiet)
-    scales = [int(s) for s in args.scales.split(",")] if args.scales else None
     results, per_image = evaluate_model(
-        detector, dataset, proposals, progress=not args.quiet, scales=scales
+        detector, dataset, proposals, progress=not args.quiet, scales=args.scales
     )
     print_table(results)
     print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image (detection, proposals cached)")
@@ -209,6 +217,8 @@ def main(argv: list[str] | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_pr(results, out_dir / "pr.png")
     plot_fp_causes(results["fp_causes"], out_dir / "fp_causes.png")
+    from minircnn.viz import save_detection_grid  # matplotlib: half a second, when needed
+
     save_detection_grid(dataset, per_image, out_dir / "detections.png")
     (out_dir / "eval.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {out_dir}/pr.png, fp_causes.png, detections.png and eval.json")
@@ -216,4 +226,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

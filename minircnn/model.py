@@ -55,6 +55,13 @@ class ModelConfig:
         """Classifier input size: the last max-pool halves the map to roi_size."""
         return 2 * self.stride * self.roi_size
 
+    @property
+    def min_short_side(self) -> int:
+        """Smallest shorter image side (px) to detect at: a whole-image RoI then spans at
+        least one feature-map cell per RoI-pooling bin. (Below ``stride`` px the max-pools
+        have nothing left to pool.)"""
+        return self.stride * self.roi_size
+
 
 class Backbone:
     """Blocks of conv3x3+ReLU layers (``convs_per_block[b]`` in block b, named like VGG's

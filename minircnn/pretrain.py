@@ -73,8 +73,9 @@ def pretrain(
     loss_fn = SoftmaxCrossEntropy()
     history = []
     bar = ProgressBar(range(config.iterations), desc="pre-train", enabled=progress)
+    batch_size = min(config.batch_size, len(crops))  # a tiny data set has fewer crops
     for it in bar:
-        pick = rng.choice(len(crops), config.batch_size, replace=False)
+        pick = rng.choice(len(crops), batch_size, replace=False)
         batch = crops[pick]
         flip = rng.random(len(pick)) < 0.5
         batch[flip] = batch[flip, :, :, ::-1]  # horizontal flip

@@ -11,7 +11,6 @@ iteration, random state) and to detect (config, classes, pixel statistics, box-t
 normalisation). A NaN or infinite loss stops the run and leaves the last good checkpoint.
 """
 
-import argparse
 import csv
 import json
 import sys
@@ -22,17 +21,26 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minircnn.checkpoint import checkpoint_config, read_checkpoint, save_checkpoint, with_prefix
+from minircnn import cli
+from minircnn.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    read_checkpoint,
+    save_checkpoint,
+    with_prefix,
+)
 from minircnn.data.image import Preprocessing, pixel_statistics
 from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
-from minircnn.data.voc import VOCDataset
+from minircnn.data.voc import UnknownClassError, VOCDataset
 from minircnn.layers.losses import LossTuple, MultiTaskLoss
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.optim import SGD, SGDConfig
 from minircnn.pretrain import PretrainConfig, load_or_pretrain
 from minircnn.progress import ProgressBar
-from minircnn.proposals.cache import ProposalConfig, SchedulerError, load_or_compute
+from minircnn.proposals.cache import ProposalConfig, load_or_compute
 from minircnn.timing import StageTimer, instrument_fast_rcnn, time_calls
+
+CHECKPOINT_NAME = "checkpoint.npz"  # in the run folder
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class Trainer:
 
     @property
     def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint.npz"
+        return self.run_dir / CHECKPOINT_NAME
 
     def step(self, image_indices) -> StepResult:
         """One SGD iteration of Fast R-CNN (section 2.3) on the images ``image_indices``."""
@@ -160,8 +168,7 @@ class Trainer:
 
     def resume(self, path: str | Path) -> None:
         """Restore parameters, momentum, iteration, schedule position and random state."""
-        header, arrays = read_checkpoint(path)
-        checkpoint_config(header, path, expected=self.model.config)
+        header, arrays = read_resume_state(path, self.model.config, self.header.get("classes"))
         self.model.load_params(with_prefix(arrays, "param/"), source=str(path))
         self.optimizer.load_state_dict(with_prefix(arrays, "momentum/"))
         state = header["train_state"]
@@ -175,6 +182,24 @@ class Trainer:
                     for row in csv.DictReader(f)
                 ]
             self.log = [r for r in rows if r["iteration"] < self.iteration]
+
+
+def read_resume_state(
+    path, config: ModelConfig | None = None, classes=None
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """The (header, arrays) of a checkpoint to resume training from. Refused with a
+    CheckpointError when it holds no training state, or (when given) its ``config`` or
+    ``classes`` differ; FileNotFoundError when it is missing."""
+    header, arrays = read_checkpoint(path)
+    if "train_state" not in header:
+        raise CheckpointError(f"{path}: no training state to resume from")
+    if config is not None:
+        checkpoint_config(header, path, expected=config)
+    if classes is not None and header.get("classes") != list(classes):
+        raise CheckpointError(
+            f"{path}: trained on classes {header.get('classes')}, this run has {list(classes)}"
+        )
+    return header, arrays
 
 
 def _log_row(iteration: int, epoch: int, result: StepResult, lr: float) -> dict:
@@ -201,12 +226,9 @@ def _write_log(path, rows) -> None:
         tmp.replace(path)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m minircnn.train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> cli.ArgumentParser:
+    """The command line; numbers are checked as they are parsed."""
+    p = cli.ArgumentParser(prog="python -m minircnn.train", description=__doc__)
     data = p.add_argument_group("data")
     data.add_argument(
         "--tiny",
@@ -216,9 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--voc-root", help="a VOCdevkit folder (instead of --tiny)")
     data.add_argument("--year", default="2007", help="VOC year (default 2007)")
     data.add_argument("--split", default="trainval", help="image set to train on")
-    data.add_argument("--classes", help="comma-separated subset of classes, e.g. car,cat,dog")
-    data.add_argument("--max-images", type=int, help="use at most this many images")
-    data.add_argument("--jobs", type=int, default=-1, help="selective-search workers")
+    data.add_argument(
+        "--classes", type=cli.name_list, help="comma-separated subset of classes, e.g. car,cat,dog"
+    )
+    data.add_argument("--max-images", type=cli.positive_int, help="use at most this many images")
+    data.add_argument("--jobs", type=cli.jobs, default=-1, help="selective-search workers")
     data.add_argument(
         "--scheduler",
         metavar="local|tcp://HOST:8786",
@@ -227,12 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     run = p.add_argument_group("run")
     run.add_argument("--name", help="run folder under runs/ (default: tiny or voc)")
     run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    run.add_argument("--epochs", type=int, help=f"default {TrainConfig.epochs}")
-    run.add_argument("--lr", type=float, help=f"default {TrainConfig.lr}")
-    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--epochs", type=cli.positive_int, help=f"default {TrainConfig.epochs}")
+    run.add_argument(
+        "--lr", type=cli.positive_finite_float, help=f"learning rate (default {TrainConfig.sgd.lr})"
+    )
+    run.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default 0)")
     run.add_argument(
         "--pretrain-iterations",
-        type=int,
+        type=cli.positive_int,
         help=f"classifier pre-training steps (default {PretrainConfig.iterations})",
     )
     run.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -308,10 +334,26 @@ def fit(
     return trainer
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Train as the command line says. Everything the user gave (numbers, data set,
+    classes, the checkpoint to resume) is checked before proposals or pre-training run.
+    Exit status 0 trained, 1 the loss diverged, 2 bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.tiny == bool(args.voc_root):
-        build_parser().error("give exactly one of --tiny or --voc-root")
+        parser.error("give exactly one of --tiny or --voc-root")
+    sampler_config = SamplerConfig()
+    if args.max_images is not None and args.max_images < sampler_config.images_per_batch:
+        parser.error(
+            f"argument --max-images: {args.max_images} is fewer than the "
+            f"{sampler_config.images_per_batch} images of one mini-batch"
+        )
+    run_dir = Path("runs") / (args.name or ("tiny" if args.tiny else "voc"))
+    if args.resume:  # fail before generating or reading any data
+        if not (run_dir / CHECKPOINT_NAME).exists():
+            raise cli.UsageError(f"--resume: no checkpoint at {run_dir / CHECKPOINT_NAME}")
+        read_resume_state(run_dir / CHECKPOINT_NAME)
     t_start = time.perf_counter()
     root = args.voc_root or "data/toyvoc"
     if args.tiny and not (Path(root) / "VOC2007" / "ImageSets" / "Main" / "test.txt").exists():
@@ -319,8 +361,21 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"generating the toy set in {root}")
         generate(root, seed=0, counts=TINY)
-    classes = args.classes.split(",") if args.classes else None
-    dataset = VOCDataset(root, args.year, args.split, classes=classes, max_images=args.max_images)
+    try:
+        dataset = VOCDataset(
+            root, args.year, args.split, classes=args.classes, max_images=args.max_images
+        )
+    except UnknownClassError as err:
+        raise cli.UsageError(f"--classes {','.join(args.classes)}: {err}") from err
+    if len(dataset) < sampler_config.images_per_batch:
+        with_classes = f" with {', '.join(args.classes)}" if args.classes else ""
+        raise cli.InputError(
+            f"{dataset.root}: {len(dataset)} {args.split} image(s){with_classes}, fewer than "
+            f"the {sampler_config.images_per_batch} of one mini-batch"
+        )
+    model_config = ModelConfig(num_classes=dataset.num_classes)
+    if args.resume:  # now that the classes are known
+        read_resume_state(run_dir / CHECKPOINT_NAME, model_config, dataset.classes)
     t_data = time.perf_counter() - t_start
     defaults = TrainConfig()
     train_config = replace(
@@ -334,22 +389,20 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.pretrain_iterations or PretrainConfig.iterations,
         seed=args.seed,
     )
-    run_dir = Path("runs") / (args.name or ("tiny" if args.tiny else "voc"))
     try:
         trainer = fit(
             dataset,
             run_dir,
+            model_config=model_config,
             train_config=train_config,
             pretrain_config=pre_config,
+            sampler_config=sampler_config,
             resume=args.resume,
             jobs=args.jobs,
             progress=not args.quiet,
             scheduler=args.scheduler,
         )
-    except SchedulerError as err:  # dask missing or the scheduler unreachable: bad input
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as err:
+    except TrainingDiverged as err:  # not bad input: status 1
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"\ntrained {trainer.iteration} iterations; checkpoint {trainer.checkpoint_path}")
@@ -384,4 +437,4 @@ def report_timing(trainer: Trainer) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -8,7 +8,6 @@ installed (``pip install -e .[bench]``), gets the same thread count as we use.
 Figures are printed as tables and written to ``runs/bench/latest.json``.
 """
 
-import argparse
 import json
 import os
 import platform
@@ -16,27 +15,26 @@ from pathlib import Path
 
 import numba
 
+from minircnn import cli
 from minircnn.bench import kernels, pipeline  # noqa: F401  (they register their sections)
 from minircnn.bench.harness import SECTIONS
 from minircnn.timing import sgemm_gflops
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="python -m minircnn.bench", description=__doc__.split("\n")[0]
-    )
+    """Time the chosen sections, print their tables, write the JSON; returns the results."""
+    parser = cli.ArgumentParser(prog="python -m minircnn.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
     parser.add_argument(
         "--sections",
-        default=",".join(SECTIONS),
+        type=cli.choice_list(list(SECTIONS)),
+        default=list(SECTIONS),
         help=f"comma-separated subset of: {', '.join(SECTIONS)} (default: all)",
     )
     parser.add_argument("--out", default="runs/bench/latest.json", help="JSON output path")
     args = parser.parse_args(argv)
-    names = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = [s for s in names if s not in SECTIONS]
-    if unknown:
-        parser.error(f"unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    names = args.sections
     threads = numba.get_num_threads()
     ceiling = sgemm_gflops(1024 if args.quick else 2048)
     print(
@@ -59,4 +57,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

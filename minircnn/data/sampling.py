@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minircnn.cli import InputError
 from minircnn.data.image import Preprocessing, pad_batch
 from minircnn.data.voc import VOCDataset
 from minircnn.ops.boxes import bbox_encode, box_iou, flip_boxes
@@ -136,8 +137,8 @@ class HierarchicalSampler:
                 + (" ..." if len(unusable) > 10 else ""),
                 stacklevel=2,
             )
-        if len(self.usable) < config.images_per_batch:
-            raise ValueError(
+        if len(self.usable) < config.images_per_batch:  # the data set's fault: InputError
+            raise InputError(
                 f"{dataset.root}: only {len(self.usable)} usable training image(s) in "
                 f"{dataset.split}, a mini-batch needs {config.images_per_batch}"
             )

@@ -15,7 +15,6 @@ Backgrounds are crops of scikit-image's bundled photographs or smooth procedural
 under a lighting gradient and sensor noise. Same seed, same bytes.
 """
 
-import argparse
 import time
 from dataclasses import dataclass
 from functools import cache
@@ -27,6 +26,7 @@ import skimage.draw
 import skimage.transform
 from PIL import Image
 
+from minircnn import cli
 from minircnn.data.vocwriter import (
     VOCObject,
     make_layout,
@@ -231,21 +231,30 @@ def _lighting_and_noise(rng, image):
     return image + rng.normal(0, rng.uniform(2, 8), image.shape).astype(np.float32)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+@cli.command
+def main(argv: list[str] | None = None) -> int:
+    """Generate the set (and a preview) as the command line says."""
+    parser = cli.ArgumentParser(
         prog="python -m minircnn.data.toyvoc", description="Generate the toy VOC data set."
     )
+    count, side = cli.non_negative_int, cli.int_at_least(16)  # generate()'s own limits
     parser.add_argument("--out", default="data/toyvoc", help="devkit folder (VOC2007 inside)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train", type=int, default=500, help="train images (default 500)")
-    parser.add_argument("--val", type=int, default=250, help="val images (default 250)")
-    parser.add_argument("--test", type=int, default=500, help="test images (default 500)")
+    parser.add_argument("--seed", type=cli.non_negative_int, default=0)
+    parser.add_argument("--train", type=count, default=500, help="train images (default 500)")
+    parser.add_argument("--val", type=count, default=250, help="val images (default 250)")
+    parser.add_argument("--test", type=count, default=500, help="test images (default 500)")
     parser.add_argument("--tiny", action="store_true", help="preset: 100 train, 100 val, 100 test")
-    parser.add_argument("--min-size", type=int, default=160, help="smallest image side (px)")
-    parser.add_argument("--max-size", type=int, default=256, help="largest image side (px)")
+    parser.add_argument("--min-size", type=side, default=160, help="smallest image side (px)")
+    parser.add_argument("--max-size", type=side, default=256, help="largest image side (px)")
     parser.add_argument("--preview", action="store_true", help="also write runs/toyvoc_preview.png")
     args = parser.parse_args(argv)
+    if args.min_size > args.max_size:
+        parser.error(f"--min-size {args.min_size} is above --max-size {args.max_size}")
     counts = TINY if args.tiny else {"train": args.train, "val": args.val, "test": args.test}
+    if not sum(counts.values()):
+        parser.error("--train, --val and --test are all 0: no image to generate")
+    if args.preview and not counts["train"] + counts["val"]:
+        parser.error("--preview shows trainval images, but --train and --val are both 0")
     t0 = time.perf_counter()
     root = generate(args.out, args.seed, counts, args.min_size, args.max_size)
     total = sum(counts.values())
@@ -256,7 +265,8 @@ def main(argv: list[str] | None = None) -> None:
 
         path = save_preview(VOCDataset(args.out, split="trainval", use_difficult=True))
         print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -11,8 +11,6 @@ labels are int64 in ``1..K`` with 0 reserved for background. Any problem is repo
 the file it is in; a box at most 1 px past the image border is clipped with a warning.
 """
 
-import argparse
-import sys
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -21,33 +19,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from minircnn import cli
+
+# fmt: off
 VOC_CLASSES = (
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+    "train", "tvmonitor",
 )
+# fmt: on
 SPLITS = ("train", "val", "trainval", "test")
 
 
-class VOCFormatError(ValueError):
+class VOCFormatError(cli.InputError):
     """A problem with a data-set file; the message starts with the file's path."""
+
+
+class UnknownClassError(cli.InputError):
+    """Class names asked for that a data set does not have; the message starts with its
+    VOC<year> folder."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +90,17 @@ class VOCDataset:
     ) -> None:
         self.root = Path(root) / f"VOC{year}"
         self.split = split
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"{self.root}: data set folder not found")
         all_classes = dataset_classes(self.root)
         subset = classes is not None
         classes = all_classes if classes is None else classes
         unknown = [c for c in classes if c not in all_classes]
         if unknown:
-            raise ValueError(f"classes {unknown} are not in this data set's {list(all_classes)}")
+            raise UnknownClassError(
+                f"{self.root}: no class {', '.join(unknown)} (its classes: "
+                f"{', '.join(all_classes)})"
+            )
         self.classes = tuple(classes)
         self.use_difficult = use_difficult
         self.items: list[VOCItem] = []
@@ -156,7 +151,11 @@ def read_image_set(voc_root: Path, split: str) -> list[str]:
     """Image ids listed in ``ImageSets/Main/<split>.txt``; an error if missing or empty."""
     path = Path(voc_root) / "ImageSets" / "Main" / f"{split}.txt"
     if not path.exists():
-        raise VOCFormatError(f"{path}: image-set file not found")
+        # list the image sets there are (VOC's per-class lists are named <class>_<set>)
+        found = sorted(p.stem for p in path.parent.glob("*.txt") if "_" not in p.stem)
+        raise VOCFormatError(
+            f"{path}: image-set file not found (image sets: {', '.join(found) or 'none'})"
+        )
     ids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
     if not ids:
         raise VOCFormatError(f"{path}: image-set file is empty")
@@ -257,7 +256,7 @@ def load_image(path: str | Path, expected_size: tuple[int, int] | None = None) -
     """
     try:
         with Image.open(path) as im:
-            image = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+            image = np.asarray(as_rgb(im))
     except (OSError, ValueError, SyntaxError) as err:
         raise VOCFormatError(f"{path}: unreadable image ({err})") from err
     if expected_size is not None and image.shape[:2] != tuple(expected_size):
@@ -266,6 +265,15 @@ def load_image(path: str | Path, expected_size: tuple[int, int] | None = None) -
             f"{expected_size[1]}x{expected_size[0]}"
         )
     return np.ascontiguousarray(image)
+
+
+def as_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB: grayscale expanded, alpha dropped, palette and CMYK
+    converted; 16-bit grayscale keeps its top 8 bits (PIL's own conversion would clip
+    everything above 255 to white)."""
+    if im.mode in ("I", "I;16", "I;16B", "I;16L"):
+        im = Image.fromarray((np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8))
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def check_devkit(root: str | Path, year: str = "2007") -> list[Problem]:
@@ -330,13 +338,20 @@ def _select(item: VOCItem, keep: np.ndarray) -> VOCItem:
     )
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    """Check a devkit: exit status 0 clean, 1 problems found, 2 no devkit at ROOT."""
+    parser = cli.ArgumentParser(
         prog="python -m minircnn.data.voc", description="Check a VOCdevkit's annotations."
     )
     parser.add_argument("--check", metavar="ROOT", required=True, help="VOCdevkit folder")
     parser.add_argument("--year", default="2007")
     args = parser.parse_args(argv)
+    # no data set to check at all is bad input (status 2), not a finding (status 1)
+    if not Path(args.check).is_dir():
+        raise cli.UsageError(f"--check {args.check}: folder not found")
+    if not (Path(args.check) / f"VOC{args.year}").is_dir():
+        raise cli.UsageError(f"--check {args.check}: no VOC{args.year} folder in it (--year)")
     problems = check_devkit(args.check, args.year)
     for p in problems:
         print(("ERROR   " if p.fatal else "warning ") + str(p))
@@ -346,4 +361,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -5,29 +5,27 @@ python -m minircnn.proposals --recall --root data/toyvoc --split test
 python -m minircnn.proposals --root VOCdevkit --split trainval --scheduler tcp://HOST:8786
 """
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 
+from minircnn import cli
 from minircnn.data.voc import VOCDataset
-from minircnn.proposals.cache import (
-    ProposalConfig,
-    SchedulerError,
-    cache_path,
-    load_or_compute,
-)
+from minircnn.proposals.cache import ProposalConfig, cache_path, load_or_compute
 from minircnn.proposals.recall import BUDGETS, plot_recall, recall_table
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m minircnn.proposals", description=__doc__)
+    """Compute (or load) the split's proposals; with --recall, measure and plot recall."""
+    parser = cli.ArgumentParser(prog="python -m minircnn.proposals", description=__doc__)
     parser.add_argument("--root", default="data/toyvoc", help="VOCdevkit folder")
     parser.add_argument("--year", default="2007")
     parser.add_argument("--split", default="trainval")
-    parser.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1: all cores)")
+    parser.add_argument(
+        "--jobs", type=cli.jobs, default=-1, help="parallel workers (-1: all cores)"
+    )
     parser.add_argument(
         "--scheduler",
         metavar="local|tcp://HOST:8786",
@@ -35,18 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         "connects to a running `dask scheduler` (needs minircnn[dask])",
     )
     parser.add_argument("--mode", default="fast", choices=["fast", "single"])
-    parser.add_argument("--max-proposals", type=int, default=2000)
+    parser.add_argument("--max-proposals", type=cli.positive_int, default=2000)
     parser.add_argument("--cache-dir", default="data/proposals")
     parser.add_argument("--recall", action="store_true", help="print and plot recall")
     parser.add_argument("--plot", default="runs/proposals_recall.png")
     args = parser.parse_args(argv)
     dataset = VOCDataset(args.root, args.year, args.split, use_difficult=True)
     config = ProposalConfig(mode=args.mode, max_proposals=args.max_proposals)
-    try:
-        proposals = load_or_compute(dataset, config, args.cache_dir, args.jobs, args.scheduler)
-    except SchedulerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    proposals = load_or_compute(dataset, config, args.cache_dir, args.jobs, args.scheduler)
     counts = [len(p) for p in proposals]
     print(
         f"{len(proposals)} images, {np.mean(counts):.0f} proposals per image "
@@ -64,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

@@ -23,17 +23,19 @@ from pathlib import Path
 
 import numpy as np
 from joblib import Parallel, delayed
-from tqdm import tqdm
 
+from minircnn.cli import InputError
 from minircnn.data.voc import VOCDataset, VOCFormatError, load_image
+from minircnn.progress import ProgressBar
 from minircnn.proposals.selective_search import selective_search
 
 CACHE_VERSION = 1
 DASK_MISSING = "--scheduler needs dask.distributed: pip install 'minircnn[dask]'"
 
 
-class SchedulerError(RuntimeError):
-    """A Dask scheduler cannot be used (dask missing, or no scheduler at the address)."""
+class SchedulerError(InputError, RuntimeError):
+    """A Dask scheduler cannot be used (dask missing, or no scheduler at the address).
+    A RuntimeError as before; an InputError because ``--scheduler`` names it."""
 
 
 @dataclass(frozen=True)
@@ -80,12 +82,12 @@ def load_or_compute(
         tasks = (delayed(_one_image)(p, config) for p in paths)
         with Parallel(n_jobs=jobs, return_as="generator") as parallel:
             proposals = list(
-                tqdm(parallel(tasks), total=len(paths), desc=desc, disable=not progress)
+                ProgressBar(parallel(tasks), total=len(paths), desc=desc, enabled=progress)
             )
     else:
         with (
             _dask_client(scheduler, jobs) as client,  # first: a bad --scheduler fails bar-less
-            tqdm(total=len(paths), desc=desc, disable=not progress) as bar,
+            ProgressBar(total=len(paths), desc=desc, enabled=progress) as bar,
         ):
             proposals = _compute_on_dask(client, paths, config, bar)
     _write(path, ids, fingerprint, params, proposals)

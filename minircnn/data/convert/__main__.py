@@ -9,35 +9,31 @@ Writes DIR/VOC2007/{JPEGImages, Annotations, ImageSets/Main, classes.txt}. Every
 or image not converted, or converted changed (a box clipped), is listed with its file and
 the reason, then counted by reason; the output is finally checked as ``--check`` does.
 Exit status: 0 done, 1 the check of the output found errors, 2 bad input (one line on
-stderr: ``error: <what>: <why>``).
+stderr: ``error: <what>: <why>``, see ``minircnn.cli``).
 """
 
 import argparse
-import sys
 
+from minircnn import cli
 from minircnn.data.convert import FORMATS, ConvertError, Summary, convert_source
 from minircnn.data.convert.core import parse_ratios
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, not usage + message
-        self.exit(2, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="python -m minircnn.data.convert",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    """The command line, checked as it is parsed."""
+    p = cli.ArgumentParser(prog="python -m minircnn.data.convert", description=__doc__)
     p.add_argument("--from", dest="fmt", required=True, choices=FORMATS, help="source format")
     p.add_argument("src", metavar="SRC", help="COCO JSON file, or the folder (labelme: or file)")
     p.add_argument("--out", required=True, help="devkit folder to write (VOC<year> inside)")
     p.add_argument(
         "--split", default="0.5,0.25,0.25", help="train,val,test fractions (default 0.5,0.25,0.25)"
     )
-    p.add_argument("--seed", type=int, default=0, help="shuffle before splitting (default 0)")
-    p.add_argument("--classes", help="comma-separated classes to keep, in label order")
+    p.add_argument(
+        "--seed", type=cli.non_negative_int, default=0, help="shuffle before splitting (default 0)"
+    )
+    p.add_argument(
+        "--classes", type=cli.name_list, help="comma-separated classes to keep, in label order"
+    )
     p.add_argument("--images", help="coco: the images folder (default: the JSON's folder)")
     p.add_argument("--names", help="yolo: class names, one a line (default SRC/classes.txt)")
     p.add_argument("--year", default="2007", help="VOC<year> folder name (default 2007)")
@@ -89,33 +85,27 @@ def print_summary(summary: Summary, fmt: str, src: str) -> None:
     )
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
+    """Convert, print the summary; exit status as the module docstring says."""
     args = build_parser().parse_args(argv)
-    try:
-        summary = convert_source(
-            args.fmt,
-            args.src,
-            args.out,
-            ratios=parse_ratios(args.split),
-            seed=args.seed,
-            classes=[c.strip() for c in args.classes.split(",")] if args.classes else None,
-            images_dir=args.images,
-            names_file=args.names,
-            year=args.year,
-            overwrite=args.overwrite,
-        )
-    except ConvertError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. the output folder cannot be written
-        print(f"error: {err.filename or args.out}: {err.strerror or err}", file=sys.stderr)
-        return 2
+    summary = convert_source(
+        args.fmt,
+        args.src,
+        args.out,
+        ratios=parse_ratios(args.split),
+        seed=args.seed,
+        classes=args.classes,
+        images_dir=args.images,
+        names_file=args.names,
+        year=args.year,
+        overwrite=args.overwrite,
+    )
     print_summary(summary, args.fmt, args.src)
     if not any(summary.split_ids.values()):
-        print(f"error: {args.src}: no image could be converted", file=sys.stderr)
-        return 2
+        raise ConvertError(f"{args.src}: no image could be converted")
     return 1 if any(p.fatal for p in summary.check) else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.run(main)

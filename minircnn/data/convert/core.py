@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from minircnn.data.voc import check_box, check_devkit
+from minircnn.cli import InputError
+from minircnn.data.voc import as_rgb, check_box, check_devkit
 from minircnn.data.vocwriter import (
     VOCObject,
     make_layout,
@@ -36,7 +37,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".g
 _EXIF_ORIENTATION = 0x0112
 
 
-class ConvertError(ValueError):
+class ConvertError(InputError):
     """Input that cannot be converted at all; the message starts with the offending path."""
 
 
@@ -234,7 +235,7 @@ def _write_one(record, classes, voc_root, report, taken, database):
             else:
                 shutil.copyfile(record.image, target)
         else:
-            _to_rgb(upright).save(target, quality=95)
+            as_rgb(upright).save(target, quality=95)
     write_annotation(
         voc_root / "Annotations" / f"{image_id}.xml",
         target.name,
@@ -295,16 +296,6 @@ def _unique_id(name: str, taken: set[str]) -> str:
         image_id = f"{base}_{k}"
     taken.add(image_id)
     return image_id
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Any PIL image as 8-bit RGB: grayscale expanded, alpha dropped (as VOCDataset's
-    load_image does), palette and CMYK converted; 16-bit grayscale keeps its top 8 bits
-    (PIL's own conversion would clip everything above 255 to white)."""
-    if im.mode in ("I", "I;16", "I;16B", "I;16L"):
-        top = (np.asarray(im).astype(np.uint32) >> 8).astype(np.uint8)
-        im = Image.fromarray(top)
-    return im.convert("RGB")
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -1,0 +1,159 @@
+"""Anchor targets for training the RPN (Faster R-CNN section 3.1.2), in named steps:
+
+1. ``inside_image``: anchors crossing the image border are ignored in training (section
+   3.3: they would add large, hard-to-correct error terms and training does not converge);
+   at test time they are kept and their proposals clipped (``proposal.propose``).
+2. ``label_anchors``: positive (1) for (i) the anchor(s) with the highest IoU with a
+   ground-truth box, ties included, and (ii) every anchor with IoU >= 0.7 with some
+   ground truth; negative (0) for a non-positive anchor whose IoU is < 0.3 with every
+   ground truth; the rest (-1) do not contribute. Rule (i) catches ground truth that no
+   anchor overlaps by 0.7 (the paper's "rare cases"); a ground truth that overlaps no
+   inside anchor at all gets none.
+3. ``sample_anchors``: 256 anchors per image, up to half positive, filled with negatives
+   (positives are far fewer; sampling all would bias towards negatives).
+4. ``anchor_targets``: the above, plus regression targets of positives towards their
+   matched ground truth and their weights (1 on positive rows: the ``p*_i`` of eq. 1).
+
+Regression targets are *unnormalised* ``bbox_encode(anchor, gt)`` (no means/stds), as
+py-faster-rcnn's RPN trains them (RPN_NORMALIZE_TARGETS off; the paper's lambda = 10 was
+tuned with them); ``proposal.propose`` decodes the same way. Fast R-CNN's own head keeps
+its normalised targets (``data/image.py``'s ``Preprocessing``).
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from minircnn.ops.boxes import bbox_encode, box_iou
+
+POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class AnchorTargetConfig:
+    """Labelling and sampling; every default is the paper's (section 3.1.2, 3.3)."""
+
+    positive_iou: float = 0.7  # positive if IoU >= this with some ground truth
+    negative_iou: float = 0.3  # negative if IoU < this with every ground truth
+    batch_size: int = 256  # anchors sampled per image
+    positive_fraction: float = 0.5  # "up to 1:1"
+    allowed_border: float = 0.0  # px an anchor may cross the border by (py-faster-rcnn: 0)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.negative_iou <= self.positive_iou <= 1.0:
+            raise ValueError(
+                "AnchorTargetConfig: need 0 <= negative_iou <= positive_iou <= 1, got "
+                f"{self.negative_iou}, {self.positive_iou}"
+            )
+        if self.batch_size < 1 or not 0.0 <= self.positive_fraction <= 1.0:
+            raise ValueError(
+                "AnchorTargetConfig: batch_size must be >= 1 and positive_fraction in "
+                f"[0, 1], got {self.batch_size}, {self.positive_fraction}"
+            )
+
+
+class AnchorTargets(NamedTuple):
+    """Per-anchor training targets of one image, rows in ``grid_anchors`` order (M anchors).
+
+    labels: int64 [M], 1 positive, 0 negative, -1 ignored (outside, between thresholds or
+    not sampled); bbox_targets: float32 [M, 4], unnormalised deltas on positive rows, 0
+    elsewhere; bbox_weights: float32 [M, 4], 1 on positive rows, 0 elsewhere.
+    """
+
+    labels: np.ndarray
+    bbox_targets: np.ndarray
+    bbox_weights: np.ndarray
+
+
+def inside_image(
+    anchors: np.ndarray, height: int, width: int, allowed_border: float = 0.0
+) -> np.ndarray:
+    """bool [M]: anchors ``[M, 4]`` lying within the ``height x width`` image, up to
+    ``allowed_border`` px outside it (pixels 0 .. width - 1, 0-based inclusive)."""
+    b = allowed_border
+    return (
+        (anchors[:, 0] >= -b)
+        & (anchors[:, 1] >= -b)
+        & (anchors[:, 2] <= width - 1 + b)
+        & (anchors[:, 3] <= height - 1 + b)
+    )
+
+
+def label_anchors(
+    anchors: np.ndarray,
+    gt_boxes: np.ndarray,
+    inside: np.ndarray,
+    config: AnchorTargetConfig = AnchorTargetConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Label anchors ``[M, 4]`` against ground truth ``[G, 4]`` (section 3.1.2).
+
+    ``inside`` bool [M]: the anchors that may be labelled (the rest stay -1). Returns
+    (labels int64 [M] in {1, 0, -1}, matched int64 [M]: the index of each anchor's
+    highest-IoU ground truth, -1 where there is none). A positive from rule (i) regresses
+    towards its own highest-IoU ground truth, as py-faster-rcnn does.
+    """
+    labels = np.full(len(anchors), IGNORED, dtype=np.int64)
+    matched = np.full(len(anchors), -1, dtype=np.int64)
+    idx = np.flatnonzero(inside)
+    if len(gt_boxes) == 0:  # nothing to find: every inside anchor is background
+        labels[idx] = NEGATIVE
+        return labels, matched
+    iou = box_iou(anchors[idx], gt_boxes)  # [M_inside, G]
+    best_gt = iou.argmax(axis=1)
+    max_iou = iou[np.arange(len(idx)), best_gt]
+    matched[idx] = best_gt
+    labels[idx[max_iou < config.negative_iou]] = NEGATIVE
+    # rule (i): for each ground truth, every anchor reaching its highest IoU (ties
+    # included); a ground truth with IoU 0 everywhere would make every anchor "best"
+    gt_max = iou.max(axis=0)  # [G]
+    best_for_gt = np.any((iou == gt_max[None, :]) & (gt_max[None, :] > 0), axis=1)
+    labels[idx[best_for_gt]] = POSITIVE  # positives override negatives
+    labels[idx[max_iou >= config.positive_iou]] = POSITIVE  # rule (ii)
+    return labels, matched
+
+
+def sample_anchors(
+    labels: np.ndarray, config: AnchorTargetConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """Keep at most ``batch_size`` labelled anchors (section 3.1.3): up to
+    ``positive_fraction * batch_size`` random positives, then random negatives for the
+    rest. labels int64 [M] -> a new int64 [M], the anchors not drawn set to -1."""
+    out = labels.copy()
+    pos = np.flatnonzero(labels == POSITIVE)
+    neg = np.flatnonzero(labels == NEGATIVE)
+    n_pos = min(len(pos), int(config.positive_fraction * config.batch_size))
+    n_neg = min(len(neg), config.batch_size - n_pos)
+    out[pos] = IGNORED
+    out[neg] = IGNORED
+    out[rng.choice(pos, n_pos, replace=False)] = POSITIVE
+    out[rng.choice(neg, n_neg, replace=False)] = NEGATIVE
+    return out
+
+
+def anchor_targets(
+    anchors: np.ndarray,
+    gt_boxes: np.ndarray,
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    config: AnchorTargetConfig = AnchorTargetConfig(),
+) -> AnchorTargets:
+    """The RPN's training targets for one image.
+
+    anchors: float32 ``[M, 4]`` from ``grid_anchors`` (input-image pixels); gt_boxes:
+    ``[G, 4]`` in the same pixels (the scaled image); ``height x width``: the scaled
+    image's size before any batch padding, so anchors over the padding are ignored too.
+    """
+    anchors = np.asarray(anchors, dtype=np.float32)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float32).reshape(-1, 4)
+    inside = inside_image(anchors, height, width, config.allowed_border)
+    labels, matched = label_anchors(anchors, gt_boxes, inside, config)
+    labels = sample_anchors(labels, config, rng)
+    pos = np.flatnonzero(labels == POSITIVE)
+    bbox_targets = np.zeros((len(anchors), 4), dtype=np.float32)
+    bbox_weights = np.zeros((len(anchors), 4), dtype=np.float32)
+    if len(pos):
+        bbox_targets[pos] = bbox_encode(anchors[pos], gt_boxes[matched[pos]])
+        bbox_weights[pos] = 1.0
+    return AnchorTargets(labels, bbox_targets, bbox_weights)
