@@ -23,6 +23,7 @@ from minircnn import cli
 from minircnn.checkpoint import CheckpointError, load_model
 from minircnn.config import config_from_dict
 from minircnn.data.image import Preprocessing
+from minircnn.layers.losses import softmax
 from minircnn.model import FastRCNN
 from minircnn.ops.boxes import bbox_decode, box_area, clip_boxes
 from minircnn.ops.nms import batched_nms
@@ -120,8 +121,7 @@ def score_proposals(detector: Detector, image, proposals, scales=None):
 def decode_outputs(preprocessing: Preprocessing, cls_score, bbox_pred, proposals, height, width):
     """Network outputs -> (softmax probabilities [P, K+1], boxes [P, 4(K+1)] decoded with
     the training's target normalisation and clipped to the image)."""
-    z = cls_score - cls_score.max(axis=1, keepdims=True)  # stable softmax
-    probs = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    probs = softmax(cls_score, axis=1)
     boxes = bbox_decode(proposals, bbox_pred, preprocessing.target_means, preprocessing.target_stds)
     return probs, clip_boxes(boxes, height, width)
 

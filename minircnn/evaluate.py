@@ -12,7 +12,7 @@ Per class (matching: minircnn.evaluation.ap): AP at IoU 0.5, VOC07 11-point and 
 for small / medium / large objects (box area < 32^2 <= medium < 64^2 px <= large). mAP is
 the mean over classes. False positives per image by cause, localisation / confusion /
 background (Hoiem et al. 2012; minircnn.evaluation.diagnosis). Writes eval.json, pr.png,
-fp_causes.png and detections.png under runs/<name>/.
+fp_causes.png and detections.png under runs/<run>/eval_<split>/ (or runs/<--name>/).
 """
 
 import json
@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--root", default="data/toyvoc")
     parser.add_argument("--year", default="2007")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--name", help="output folder under runs/ (default: the checkpoint's)")
+    parser.add_argument(
+        "--name", help="output folder under runs/ (default: <checkpoint's run>/eval_<split>)"
+    )
     parser.add_argument(
         "--svd-rank",
         type=cli.svd_rank,
@@ -213,7 +215,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print_table(results)
     print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image (detection, proposals cached)")
-    out_dir = Path("runs") / (args.name or Path(args.checkpoint).parent.name)
+    run = Path(args.checkpoint).parent.name
+    out_dir = Path("runs") / (args.name or f"{run}/eval_{args.split}")  # val and test apart
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_pr(results, out_dir / "pr.png")
     plot_fp_causes(results["fp_causes"], out_dir / "fp_causes.png")

@@ -60,7 +60,7 @@ def test_every_step_of_training_on_your_own_images(tmp_path, monkeypatch):
         ["--checkpoint", str(checkpoint), "--root", "mine", "--split", "test", "--quiet"]
     )
     assert set(results["classes"]) == {"brick", "sun"}
-    assert (tmp_path / "runs" / "mine" / "eval.json").exists()
+    assert (tmp_path / "runs" / "mine" / "eval_test" / "eval.json").exists()
 
     assert detect.main(["--checkpoint", str(checkpoint), str(src), "--out", "out", "--quiet"]) == 0
     drawn = sorted(p.name for p in (tmp_path / "out").glob("*_detections.jpg"))

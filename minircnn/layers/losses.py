@@ -86,6 +86,14 @@ def smooth_l1_backward(pred, target, weights, beta, dloss, dpred):
             dpred[r, j] = weights[r, j] * g * dloss / n
 
 
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Probabilities from scores along ``axis`` (same shape; float64 in, float64 out,
+    float32 in, float32 out), max-shifted so that large scores cannot overflow. What the
+    log loss above is the negative log of; detection and the RPN use it on their scores."""
+    z = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
 class SoftmaxCrossEntropy(Layer):
     """Log loss over K+1 classes, mean over the batch, optional per-sample weights."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from minircnn.layers.losses import softmax
 from minircnn.ops.boxes import bbox_decode, clip_boxes
 from minircnn.ops.nms import nms
 from minircnn.rpn.anchors import map_to_anchor_rows
@@ -65,9 +66,7 @@ class RPNProposalConfig:
 def objectness(score_rows: np.ndarray) -> np.ndarray:
     """Object probability: the softmax over the 2 scores (not object, object) of each
     anchor. score_rows [..., 2] -> float32 [...]. Max-shifted, so it cannot overflow."""
-    s = np.asarray(score_rows, dtype=np.float64)
-    e = np.exp(s - s.max(axis=-1, keepdims=True))
-    return (e[..., 1] / e.sum(axis=-1)).astype(np.float32)
+    return softmax(np.asarray(score_rows, dtype=np.float64))[..., 1].astype(np.float32)
 
 
 def propose(

@@ -1,0 +1,26 @@
+"""`python -m minircnn.train`: pre-train, convert and fine-tune Fast R-CNN end to end.
+
+    python -m minircnn.train --tiny                      # toy set: data, proposals, training
+    python -m minircnn.train --voc-root VOCdevkit --classes car,cat,dog --max-images 300
+    python -m minircnn.train --tiny --resume             # continue from runs/tiny/checkpoint.npz
+
+Each step (section 2.3): sample N = 2 images and R = 128 RoIs, forward, multi-task loss
+(eq. 1), backward through RoI pooling into the convs, momentum SGD. A checkpoint is written
+atomically after every epoch with everything needed to resume exactly (momentum buffers,
+iteration, random state) and to detect (config, classes, pixel statistics, box-target
+normalisation). A NaN or infinite loss stops the run and leaves the last good checkpoint.
+"""
+
+from minircnn.train.command import main, report_timing
+from minircnn.train.fit import fit
+from minircnn.train.trainer import StepResult, TrainConfig, Trainer, TrainingDiverged
+
+__all__ = [
+    "StepResult",
+    "TrainConfig",
+    "Trainer",
+    "TrainingDiverged",
+    "fit",
+    "main",
+    "report_timing",
+]

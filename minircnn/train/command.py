@@ -1,0 +1,163 @@
+"""The command line of `python -m minircnn.train` (see the package docstring)."""
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from minircnn import cli
+from minircnn.data.sampling import SamplerConfig
+from minircnn.data.voc import UnknownClassError, VOCDataset
+from minircnn.model import ModelConfig
+from minircnn.pretrain import PretrainConfig
+from minircnn.train.fit import fit
+from minircnn.train.trainer import (
+    CHECKPOINT_NAME,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    read_resume_state,
+)
+
+
+def build_parser() -> cli.ArgumentParser:
+    """The command line; numbers are checked as they are parsed."""
+    p = cli.ArgumentParser(prog="python -m minircnn.train", description=__doc__)
+    data = p.add_argument_group("data")
+    data.add_argument(
+        "--tiny",
+        action="store_true",
+        help="train on the toy set in data/toyvoc (generated, with its proposals, when missing)",
+    )
+    data.add_argument("--voc-root", help="a VOCdevkit folder (instead of --tiny)")
+    data.add_argument("--year", default="2007", help="VOC year (default 2007)")
+    data.add_argument("--split", default="trainval", help="image set to train on")
+    data.add_argument(
+        "--classes", type=cli.name_list, help="comma-separated subset of classes, e.g. car,cat,dog"
+    )
+    data.add_argument("--max-images", type=cli.positive_int, help="use at most this many images")
+    data.add_argument("--jobs", type=cli.jobs, default=-1, help="selective-search workers")
+    data.add_argument(
+        "--scheduler",
+        metavar="local|tcp://HOST:8786",
+        help="selective search on Dask (see python -m minircnn.proposals --help)",
+    )
+    run = p.add_argument_group("run")
+    run.add_argument("--name", help="run folder under runs/ (default: tiny or voc)")
+    run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    run.add_argument("--epochs", type=cli.positive_int, help=f"default {TrainConfig.epochs}")
+    run.add_argument(
+        "--lr", type=cli.positive_finite_float, help=f"learning rate (default {TrainConfig.sgd.lr})"
+    )
+    run.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default 0)")
+    run.add_argument(
+        "--pretrain-iterations",
+        type=cli.positive_int,
+        help=f"classifier pre-training steps (default {PretrainConfig.iterations})",
+    )
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+@cli.command
+def main(argv: list[str] | None = None) -> int:
+    """Train as the command line says. Everything the user gave (numbers, data set,
+    classes, the checkpoint to resume) is checked before proposals or pre-training run.
+    Exit status 0 trained, 1 the loss diverged, 2 bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tiny == bool(args.voc_root):
+        parser.error("give exactly one of --tiny or --voc-root")
+    sampler_config = SamplerConfig()
+    if args.max_images is not None and args.max_images < sampler_config.images_per_batch:
+        parser.error(
+            f"argument --max-images: {args.max_images} is fewer than the "
+            f"{sampler_config.images_per_batch} images of one mini-batch"
+        )
+    run_dir = Path("runs") / (args.name or ("tiny" if args.tiny else "voc"))
+    if args.resume:  # fail before generating or reading any data
+        if not (run_dir / CHECKPOINT_NAME).exists():
+            raise cli.UsageError(f"--resume: no checkpoint at {run_dir / CHECKPOINT_NAME}")
+        read_resume_state(run_dir / CHECKPOINT_NAME)
+    t_start = time.perf_counter()
+    root = args.voc_root or "data/toyvoc"
+    if args.tiny and not (Path(root) / "VOC2007" / "ImageSets" / "Main" / "test.txt").exists():
+        from minircnn.data.toyvoc import TINY, generate
+
+        print(f"generating the toy set in {root}")
+        generate(root, seed=0, counts=TINY)
+    try:
+        dataset = VOCDataset(
+            root, args.year, args.split, classes=args.classes, max_images=args.max_images
+        )
+    except UnknownClassError as err:
+        raise cli.UsageError(f"--classes {','.join(args.classes)}: {err}") from err
+    if len(dataset) < sampler_config.images_per_batch:
+        with_classes = f" with {', '.join(args.classes)}" if args.classes else ""
+        raise cli.InputError(
+            f"{dataset.root}: {len(dataset)} {args.split} image(s){with_classes}, fewer than "
+            f"the {sampler_config.images_per_batch} of one mini-batch"
+        )
+    model_config = ModelConfig(num_classes=dataset.num_classes)
+    if args.resume:  # now that the classes are known
+        read_resume_state(run_dir / CHECKPOINT_NAME, model_config, dataset.classes)
+    t_data = time.perf_counter() - t_start
+    defaults = TrainConfig()
+    train_config = replace(
+        defaults,
+        epochs=args.epochs or defaults.epochs,
+        seed=args.seed,
+        sgd=replace(defaults.sgd, lr=args.lr or defaults.sgd.lr),
+    )
+    pre_config = replace(
+        PretrainConfig(),
+        iterations=args.pretrain_iterations or PretrainConfig.iterations,
+        seed=args.seed,
+    )
+    try:
+        trainer = fit(
+            dataset,
+            run_dir,
+            model_config=model_config,
+            train_config=train_config,
+            pretrain_config=pre_config,
+            sampler_config=sampler_config,
+            resume=args.resume,
+            jobs=args.jobs,
+            progress=not args.quiet,
+            scheduler=args.scheduler,
+        )
+    except TrainingDiverged as err:  # not bad input: status 1
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"\ntrained {trainer.iteration} iterations; checkpoint {trainer.checkpoint_path}")
+    phases = {"data": t_data, **trainer.wall}
+    print(
+        "wall time: "
+        + ", ".join(f"{k} {v:.1f} s" for k, v in phases.items())
+        + f", total {time.perf_counter() - t_start:.1f} s"
+    )
+    report_timing(trainer)
+    return 0
+
+
+def report_timing(trainer: Trainer) -> None:
+    """Per-stage time per iteration, the arithmetic rate, and the recent loss terms."""
+    stages = trainer.timer.totals
+    n = max(trainer.steps_done, 1)
+    per_stage = ", ".join(f"{k} {1e3 * v / n:.1f} ms" for k, v in stages.items())
+    print(f"time per iteration: {per_stage} (total {1e3 * sum(stages.values()) / n:.1f} ms)")
+    achieved = trainer.flops / max(sum(stages.values()), 1e-9) / 1e9
+    print(
+        f"arithmetic: {trainer.flops / n / 1e9:.2f} GFLOP per iteration at {achieved:.1f} "
+        "GFLOP/s (compare with the SGEMM peak that `python -m minircnn.bench` prints)"
+    )
+    tail = trainer.log[-50:]
+    if tail:
+        terms = ("loss", "loss_cls", "loss_loc", "accuracy")
+        print(
+            "last 50 iterations: "
+            + ", ".join(f"{k} {np.mean([r[k] for r in tail]):.3f}" for k in terms)
+        )

@@ -1,0 +1,86 @@
+"""``fit``: the whole training procedure, from a data set to a trained Fast R-CNN."""
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from minircnn.data.image import Preprocessing, pixel_statistics
+from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
+from minircnn.data.voc import VOCDataset
+from minircnn.model import FastRCNN, ModelConfig
+from minircnn.pretrain import PretrainConfig, load_or_pretrain
+from minircnn.proposals.cache import ProposalConfig, load_or_compute
+from minircnn.train.trainer import TrainConfig, Trainer
+
+
+def fit(
+    dataset: VOCDataset,
+    run_dir: str | Path,
+    model_config: ModelConfig | None = None,
+    train_config: TrainConfig | None = None,
+    pretrain_config: PretrainConfig | None = None,
+    sampler_config: SamplerConfig | None = None,
+    proposal_config: ProposalConfig | None = None,
+    image_sizes: dict | None = None,
+    proposal_cache: str | Path = "data/proposals",
+    pretrain_cache: str | Path = "data/pretrained",
+    resume: bool = False,
+    jobs: int = -1,
+    progress: bool = True,
+    scheduler: str | None = None,
+) -> Trainer:
+    """The whole training procedure on ``dataset``: proposals (cached), pixel statistics,
+    classifier pre-training (cached) and conversion (section 2.2), then fine-tuning into
+    ``run_dir``. Configs left at None take their defaults; ``image_sizes`` may set
+    Preprocessing's ``short_side`` / ``max_side``. Returns the Trainer (its ``model`` is
+    the trained FastRCNN); ``trainer.wall`` holds the seconds each phase took. ``jobs`` and
+    ``scheduler`` say where selective search runs (``proposals.cache.load_or_compute``).
+    Raises TrainingDiverged, or SchedulerError for an unusable ``scheduler``."""
+    train_config = train_config or TrainConfig()
+    pretrain_config = pretrain_config or PretrainConfig()
+    sampler_config = sampler_config or SamplerConfig()
+    proposal_config = proposal_config or ProposalConfig()
+    wall, t0 = {}, time.perf_counter()
+    proposals = load_or_compute(
+        dataset, proposal_config, proposal_cache, jobs, scheduler, progress=progress
+    )
+    wall["proposals"], t0 = time.perf_counter() - t0, time.perf_counter()
+    mean, std = pixel_statistics(dataset)
+    preprocessing = Preprocessing(tuple(mean), tuple(std), **(image_sizes or {}))
+    model_config = model_config or ModelConfig(num_classes=dataset.num_classes)
+    rng = np.random.default_rng(train_config.seed)
+    classifier = load_or_pretrain(
+        dataset, model_config, preprocessing, pretrain_config, pretrain_cache, progress
+    )
+    model = FastRCNN.from_classifier(classifier, model_config, rng)
+    wall["pre-training"], t0 = time.perf_counter() - t0, time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    header = {"classes": list(dataset.classes), "preprocessing": asdict(preprocessing)}
+    config = {
+        "model": asdict(model_config),
+        "train": asdict(train_config),
+        "pretrain": asdict(pretrain_config),
+        "sampler": asdict(sampler_config),
+        "proposals": asdict(proposal_config),
+        "preprocessing": asdict(preprocessing),
+        "data": {
+            "root": str(dataset.root),
+            "split": dataset.split,
+            "classes": list(dataset.classes),
+            "images": len(dataset),
+        },
+    }
+    (run_dir / "config.json").write_text(json.dumps(config, indent=2))
+    sampler = HierarchicalSampler(dataset, proposals, sampler_config, preprocessing, rng)
+    trainer = Trainer(model, sampler, train_config, run_dir, header, rng)
+    if resume:
+        trainer.resume(trainer.checkpoint_path)
+        print(f"resumed from {trainer.checkpoint_path} at epoch {trainer.epoch}")
+    trainer.run(progress=progress)
+    wall["fine-tuning"] = time.perf_counter() - t0
+    trainer.wall = wall
+    return trainer
