@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench figures results clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ test: $(VENV)/.installed-dev
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+# The README's figures, from the model `make demo` trains (runs/tiny).
+figures: $(VENV)/.installed
+	$(PY) -m minircnn.evaluate --checkpoint runs/tiny/checkpoint.npz --split test --quiet
+	cp runs/tiny/loss.png runs/tiny/eval_test/pr.png notebooks/figures/
+	$(PY) -c "from PIL import Image; Image.open('runs/tiny/eval_test/detections.png').convert('RGB').save('notebooks/figures/detections.jpg', quality=85)"
+
+# The README's results table: the defaults trained on trainval with 3 seeds, tested once.
+results: $(VENV)/.installed
+	$(PY) -m minircnn.report
 
 bench: $(VENV)/.installed
 	$(PY) -m minircnn.bench

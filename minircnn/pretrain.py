@@ -29,7 +29,9 @@ from minircnn.progress import ProgressBar
 class PretrainConfig:
     """Classifier pre-training settings."""
 
-    iterations: int = 400
+    # chosen on val (models trained on train): 400 -> 1200 raised val mAP@0.5 by 0.04-0.06;
+    # 2000 gave no more; a higher lr (0.03) did not help
+    iterations: int = 1200
     batch_size: int = 32
     lr: float = 0.01
     crops_per_object: int = 4  # jittered crops of each ground-truth box

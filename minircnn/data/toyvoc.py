@@ -24,6 +24,7 @@ import numpy as np
 import skimage.data
 import skimage.draw
 import skimage.transform
+from joblib import Parallel, delayed
 from PIL import Image
 
 from minircnn import cli
@@ -71,11 +72,13 @@ def generate(
     min_size: int = 160,
     max_size: int = 256,
     year: str = "2007",
+    jobs: int = -1,
 ) -> Path:
     """Write the data set under ``out/VOC<year>``; returns that folder.
 
     ``counts`` maps split name (train, val, test) to a number of images (TINY by default);
     trainval is train + val. Image sides are drawn from ``[min_size, max_size]``.
+    ``jobs`` worker processes render the images (-1: all cores).
     """
     counts = dict(TINY if counts is None else counts)
     if not 16 <= min_size <= max_size:
@@ -83,35 +86,39 @@ def generate(
     root = make_layout(Path(out) / f"VOC{year}")
     write_classes(root, CLASSES)
     split_ids: dict[str, list[str]] = {}
-    objects_by_id: dict[str, list[VOCObject]] = {}
     index = 0
     for split in ("train", "val", "test"):
-        split_ids[split] = []
-        for _ in range(counts.get(split, 0)):
-            index += 1
-            image_id = f"{index:06d}"
-            rng = np.random.default_rng([seed, index])  # each image its own stream
-            image, objects = render_image(rng, min_size, max_size)
-            Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
-            voc_objects = [
-                VOCObject(CLASSES[o.cls], o.box, o.truncated, o.difficult) for o in objects
-            ]
-            height, width, depth = image.shape
-            write_annotation(
-                root / "Annotations" / f"{image_id}.xml",
-                f"{image_id}.jpg",
-                width,
-                height,
-                voc_objects,
-                depth,
-                folder="VOC2007",
-                database="minircnn toy VOC",
-            )
-            split_ids[split].append(image_id)
-            objects_by_id[image_id] = voc_objects
+        n = counts.get(split, 0)
+        split_ids[split] = [f"{i:06d}" for i in range(index + 1, index + n + 1)]
+        index += n
+    # images are independent (each has its own random stream), so they render in parallel
+    # and the files are the same whatever the number of workers
+    tasks = (delayed(_write_image)(root, seed, i, min_size, max_size) for i in range(1, index + 1))
+    objects_by_id = dict(Parallel(n_jobs=jobs)(tasks))
     split_ids["trainval"] = split_ids["train"] + split_ids["val"]
     write_image_sets(root, split_ids, CLASSES, objects_by_id)
     return root
+
+
+def _write_image(root: Path, seed: int, index: int, min_size: int, max_size: int):
+    """Render image ``index`` from its own random stream, write its JPEG and XML ->
+    (image id, its VOCObjects)."""
+    image_id = f"{index:06d}"
+    image, objects = render_image(np.random.default_rng([seed, index]), min_size, max_size)
+    Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
+    voc_objects = [VOCObject(CLASSES[o.cls], o.box, o.truncated, o.difficult) for o in objects]
+    height, width, depth = image.shape
+    write_annotation(
+        root / "Annotations" / f"{image_id}.xml",
+        f"{image_id}.jpg",
+        width,
+        height,
+        voc_objects,
+        depth,
+        folder="VOC2007",
+        database="minircnn toy VOC",
+    )
+    return image_id, voc_objects
 
 
 def render_image(

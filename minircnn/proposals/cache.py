@@ -77,7 +77,8 @@ def load_or_compute(
     cached = _read(path, ids, fingerprint, params)
     if cached is not None:
         return cached
-    desc, paths = f"selective search ({dataset.split})", [item.path for item in dataset]
+    # absolute paths: joblib reuses its worker processes, whose working folder may differ
+    desc, paths = f"selective search ({dataset.split})", [item.path.resolve() for item in dataset]
     if scheduler is None:
         tasks = (delayed(_one_image)(p, config) for p in paths)
         with Parallel(n_jobs=jobs, return_as="generator") as parallel:
