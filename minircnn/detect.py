@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.quiet,
     )
     out_dir = Path(args.out)
+    names = _output_names([item.image_id for item in images])
     results = []
     for i in ProgressBar(range(len(images)), desc="detect", enabled=not args.quiet):
         image = images.load_image(i)
@@ -211,8 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             ax, image, dets.boxes[show], dets.labels[show], detector.classes, dets.scores[show]
         )
         fig.tight_layout()
-        name = images[i].image_id.replace(os.sep, "__")
-        save_figure(fig, out_dir / (Path(name).with_suffix("").name + "_detections.jpg"))
+        save_figure(fig, out_dir / f"{names[i]}_detections.jpg")
     json_path = out_dir / "detections.json"
     json_path.write_text(json.dumps(coco_results(results, images, detector.classes), indent=1))
     drawn = sum(int((d.scores >= args.score_threshold).sum()) for d in results)
@@ -221,6 +221,17 @@ def main(argv: list[str] | None = None) -> int:
         f"in {out_dir}/; all detections (score > 0.05) in {json_path}"
     )
     return 0
+
+
+def _output_names(image_ids: list[str]) -> list[str]:
+    """A file-name stem per image, unique: sub/x.jpg -> sub__x, and x.jpg beside x.png
+    -> x_jpg and x_png (so no drawing overwrites another)."""
+    flat = [i.replace(os.sep, "__") for i in image_ids]
+    stems = [str(Path(f).with_suffix("")) for f in flat]
+    return [
+        stem if stems.count(stem) == 1 else f.replace(".", "_")
+        for stem, f in zip(stems, flat, strict=True)
+    ]
 
 
 if __name__ == "__main__":

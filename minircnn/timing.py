@@ -8,6 +8,7 @@ same way, and ``sgemm_gflops`` gives the machine's practical arithmetic ceiling.
 
 import functools
 import time
+import types
 from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -41,10 +42,19 @@ class StageTimer:
 
 
 def time_calls(timer: StageTimer, name: str, obj, *methods: str) -> None:
-    """Time ``obj``'s ``methods`` under stage ``name`` from now on (instance attributes
-    shadow the class's methods; a deep copy of ``obj`` would still time the original)."""
+    """Time ``obj``'s ``methods`` (defined on its class) under stage ``name`` from now on.
+
+    Each becomes a method bound to ``obj`` (an instance attribute shadowing the class's),
+    so a deep copy of ``obj`` is bound to the copy and runs the copy's own code.
+    """
     for method in methods:
-        setattr(obj, method, timer.wrap(name, getattr(obj, method)))
+        original = getattr(type(obj), method)
+
+        def timed(self, *args, _original=original, **kwargs):
+            with timer(name):
+                return _original(self, *args, **kwargs)
+
+        setattr(obj, method, types.MethodType(timed, obj))
 
 
 def instrument_fast_rcnn(model, timer: StageTimer) -> StageTimer:

@@ -371,3 +371,24 @@ def test_module_entry_point_errors_without_traceback(tmp_path):
     )
     assert run.returncode == 2
     assert run.stderr == f"error: {tmp_path / 'x'}: not found\n"
+
+
+def test_coco_image_with_a_malformed_size_is_skipped_not_a_crash(tmp_path):
+    src = tmp_path / "coco"
+    write_image(src / "a.jpg", 40, 30)
+    write_image(src / "b.jpg", 40, 30)
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "a.jpg", "width": 40, "height": 30},
+            {"id": 2, "file_name": "b.jpg", "width": "640px", "height": 30},
+        ],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8], "iscrowd": 0}
+        ],
+    }
+    (src / "ann.json").write_text(json.dumps(coco))
+    summary = convert_source("coco", src / "ann.json", tmp_path / "out", ratios=ALL_TRAIN)
+    assert summary.split_ids["train"] == ["a"]
+    assert summary.report.skipped_images["malformed entry"] == 1
+    assert any("640px" in line for line in summary.report.lines)

@@ -1,6 +1,8 @@
 """Toy VOC generator and VOCdevkit reader: round trip, determinism, validation."""
 
 import hashlib
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -60,6 +62,18 @@ def test_same_seed_same_bytes(tmp_path):
     toyvoc.generate(tmp_path / "c", seed=6, counts={"train": 2, "test": 1})
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_command_line_generates_in_parallel(tmp_path):
+    # as `make demo` runs it: images render in worker processes from `python -m`
+    out = tmp_path / "cli"
+    args = ["--out", str(out), "--train", "3", "--val", "1", "--test", "2", "--seed", "5"]
+    done = subprocess.run(
+        [sys.executable, "-m", "minircnn.data.toyvoc", *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    toyvoc.generate(tmp_path / "lib", seed=5, counts={"train": 3, "val": 1, "test": 2}, jobs=1)
+    assert _digest(out) == _digest(tmp_path / "lib")  # same files, whatever the workers
 
 
 def test_objects_cover_the_task():

@@ -108,3 +108,26 @@ def test_svd_at_reduced_rank_keeps_scores_and_boxes_of_low_rank_layers():
     np.testing.assert_allclose(svd_boxes, full_boxes, atol=1e-2)
     low_scores, _ = score_proposals(detector.compressed(3), image, proposals)
     assert np.abs(low_scores - full_scores).max() > 1e-3
+
+
+def test_timed_model_copies_run_their_own_layers():
+    # stages are timed by wrapping methods from outside; a compressed deep copy of a timed
+    # model must run its own (low-rank) layers, not the original's
+    from minircnn.timing import StageTimer, instrument_fast_rcnn
+
+    model = tiny_detector().model
+    timer = instrument_fast_rcnn(model, StageTimer())
+    image, proposals = random_scene(4, n=20)
+    x = PRE.network_input(image, 1.0)[None]
+    rois = np.column_stack([np.zeros(len(proposals)), proposals]).astype(np.float32)
+    full = model.forward(x, rois)[0]
+    low = compress_model(model, 1).forward(x, rois)[0]
+    assert np.abs(full - low).max() > 1e-3
+    assert {"conv_forward", "roi_pool", "fc"} <= set(timer.totals)
+
+
+def test_drawings_of_images_with_one_stem_do_not_overwrite_each_other():
+    from minircnn.detect import _output_names
+
+    names = _output_names(["a.jpg", "a.png", "sub/b.jpg", "c.jpeg"])
+    assert names == ["a_jpg", "a_png", "sub__b", "c"]

@@ -5,7 +5,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from minircnn.checkpoint import load_model, save_checkpoint
+from minircnn.checkpoint import CheckpointError, load_model, save_checkpoint
 from minircnn.data import toyvoc
 from minircnn.data.image import Preprocessing
 from minircnn.data.sampling import HierarchicalSampler, SamplerConfig, sample_rois
@@ -116,6 +116,25 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(toy, tmp_path):
     with pytest.raises(TrainingDiverged, match=r"loss is nan at iteration 2; .*kept at .*\.npz"):
         trainer.run(progress=False)
     assert trainer.checkpoint_path.read_bytes() == saved
+
+
+def test_resume_refuses_another_run_but_may_add_epochs(toy, tmp_path):
+    first = make_trainer(toy, tmp_path, epochs=1)
+    first.run(progress=False)
+    longer = make_trainer(toy, tmp_path, epochs=3)  # more epochs: the same run, continued
+    longer.resume(first.checkpoint_path)
+    assert longer.epoch == 1
+    other = make_trainer(toy, tmp_path, sampler_config=replace(SAMPLER, rois_per_batch=16))
+    with pytest.raises(CheckpointError, match="another sampler_config"):
+        other.resume(first.checkpoint_path)
+
+
+def test_nan_with_an_older_runs_checkpoint_does_not_claim_it(toy, tmp_path):
+    make_trainer(toy, tmp_path, epochs=1).run(progress=False)  # an earlier run, same folder
+    trainer = make_trainer(toy, tmp_path, epochs=1)
+    trainer.model.params()["fc7.weight"][0, 0] = np.nan
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        trainer.run(progress=False)
 
 
 def test_nan_before_the_first_checkpoint_says_none_was_written(toy, tmp_path):

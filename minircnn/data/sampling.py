@@ -127,7 +127,7 @@ class HierarchicalSampler:
             self.max_iou.append(iou.max(axis=1))  # [P+G]
             self.matched.append(iou.argmax(axis=1))  # [P+G], index into item.boxes
             self.candidates.append(cand)
-        usable = [m.max(initial=0.0) >= config.bg_iou_lo for m in self.max_iou]
+        usable = [bool(np.any(m >= config.bg_iou_lo)) for m in self.max_iou]
         self.usable = np.flatnonzero(usable)
         unusable = [dataset[i].image_id for i in np.flatnonzero(~np.array(usable, bool))]
         if unusable:

@@ -83,7 +83,8 @@ def generate(
     counts = dict(TINY if counts is None else counts)
     if not 16 <= min_size <= max_size:
         raise ValueError(f"need 16 <= min_size <= max_size, got {min_size}, {max_size}")
-    root = make_layout(Path(out) / f"VOC{year}")
+    # absolute: joblib reuses worker processes, whose working folder may be another one
+    root = make_layout(Path(out).resolve() / f"VOC{year}")
     write_classes(root, CLASSES)
     split_ids: dict[str, list[str]] = {}
     index = 0
@@ -276,4 +277,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    # run the importable module's main: the worker processes that render images unpickle
+    # its functions by module name, which "__main__" is not
+    from minircnn.data import toyvoc
+
+    cli.run(toyvoc.main)

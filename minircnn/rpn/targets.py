@@ -99,6 +99,8 @@ def label_anchors(
     if len(gt_boxes) == 0:  # nothing to find: every inside anchor is background
         labels[idx] = NEGATIVE
         return labels, matched
+    if len(idx) == 0:  # every anchor crosses the border (a tiny image): nothing to learn
+        return labels, matched
     iou = box_iou(anchors[idx], gt_boxes)  # [M_inside, G]
     best_gt = iou.argmax(axis=1)
     max_iou = iou[np.arange(len(idx)), best_gt]

@@ -94,11 +94,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except UnknownClassError as err:
         raise cli.UsageError(f"--classes {','.join(args.classes)}: {err}") from err
-    if len(dataset) < sampler_config.images_per_batch:
-        with_classes = f" with {', '.join(args.classes)}" if args.classes else ""
+    # only images with an object can be sampled (background RoIs need an object to
+    # overlap): count them now, before proposals and pre-training
+    with_objects = sum(len(item.boxes) > 0 for item in dataset)
+    if with_objects < sampler_config.images_per_batch:
+        of_classes = f" of {', '.join(args.classes)}" if args.classes else ""
         raise cli.InputError(
-            f"{dataset.root}: {len(dataset)} {args.split} image(s){with_classes}, fewer than "
-            f"the {sampler_config.images_per_batch} of one mini-batch"
+            f"{dataset.root}: {with_objects} {args.split} image(s) with objects{of_classes}, "
+            f"fewer than the {sampler_config.images_per_batch} of one mini-batch"
         )
     model_config = ModelConfig(num_classes=dataset.num_classes)
     if args.resume:  # now that the classes are known

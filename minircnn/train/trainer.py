@@ -1,6 +1,7 @@
 """The Trainer: one Fast R-CNN iteration in ``Trainer.step``, epochs, checkpoints, resume."""
 
 import csv
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -75,6 +76,7 @@ class Trainer:
         self.optimizer = SGD(model.params(trainable_only=True), replace(config.sgd, steps=steps))
         self.loss = MultiTaskLoss(loc_weight=1.0)
         self.iteration, self.epoch, self.log = 0, 0, []
+        self._saved = False  # whether checkpoint_path holds this run's state
         self.flops, self.steps_done = 0.0, 0  # work done in this process (for the report)
         # per-stage wall time, measured by wrapping the stages from outside
         self.timer = instrument_fast_rcnn(model, StageTimer())
@@ -106,7 +108,7 @@ class Trainer:
             return
         kept = (
             f"the last good checkpoint is kept at {self.checkpoint_path}"
-            if self.checkpoint_path.exists()
+            if self._saved
             else "no checkpoint had been written yet (one is written after each epoch)"
         )
         raise TrainingDiverged(
@@ -136,7 +138,7 @@ class Trainer:
         return self.log
 
     def save(self) -> None:
-        """Atomic checkpoint + log.csv + loss.png for the run so far."""
+        """log.csv, the atomic checkpoint and loss.png for the run so far."""
         from minircnn.viz import plot_losses
 
         state = {
@@ -148,18 +150,23 @@ class Trainer:
         }
         momentum = {f"momentum/{k}": v for k, v in self.optimizer.state_dict().items()}
         header = {**self.header, "train_state": state}
-        save_checkpoint(self.checkpoint_path, self.model, header, momentum)
+        # the log first: a crash before the checkpoint leaves extra rows, which a resume
+        # drops, never a gap
         _write_log(self.run_dir / "log.csv", self.log)
+        save_checkpoint(self.checkpoint_path, self.model, header, momentum)
+        self._saved = True
         plot_losses(self.log, self.run_dir / "loss.png")
 
     def resume(self, path: str | Path) -> None:
         """Restore parameters, momentum, iteration, schedule position and random state."""
         header, arrays = read_resume_state(path, self.model.config, self.header.get("classes"))
+        self._refuse_another_run(header, path)
         self.model.load_params(with_prefix(arrays, "param/"), source=str(path))
         self.optimizer.load_state_dict(with_prefix(arrays, "momentum/"))
         state = header["train_state"]
         self.iteration, self.epoch = state["iteration"], state["epoch"]
         self.rng.bit_generator.state = state["rng_state"]
+        self._saved = True  # the checkpoint there is this run's
         log_path = self.run_dir / "log.csv"
         if log_path.exists():
             with open(log_path) as f:
@@ -168,6 +175,28 @@ class Trainer:
                     for row in csv.DictReader(f)
                 ]
             self.log = [r for r in rows if r["iteration"] < self.iteration]
+
+    def _refuse_another_run(self, header: dict, path) -> None:
+        """An exact resume needs the same run: the same schedule (only ``epochs`` may
+        grow), sampling and preprocessing; anything else is refused, naming what differs."""
+        state = header["train_state"]
+        ours = {
+            "train_config": {k: v for k, v in asdict(self.config).items() if k != "epochs"},
+            "sampler_config": asdict(self.sampler.config),
+        }
+        theirs = {
+            "train_config": {k: v for k, v in state["train_config"].items() if k != "epochs"},
+            "sampler_config": state["sampler_config"],
+        }
+        ours["preprocessing"] = self.header.get("preprocessing")
+        theirs["preprocessing"] = header.get("preprocessing")
+        # JSON turned tuples into lists: compare through JSON as well
+        differ = [k for k in ours if json.dumps(ours[k]) != json.dumps(theirs[k])]
+        if differ:
+            raise CheckpointError(
+                f"{path}: made by a run with another {', '.join(differ)} (resume continues "
+                "the same run; start a new one with another --name)"
+            )
 
 
 def read_resume_state(
@@ -203,8 +232,10 @@ def _log_row(iteration: int, epoch: int, result: StepResult, lr: float) -> dict:
 
 
 def _write_log(path, rows) -> None:
+    """The log rows as CSV, written atomically (a temporary file, then renamed)."""
     if rows:
         tmp = Path(path).with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()

@@ -17,6 +17,7 @@ from minircnn.data.convert.core import (
     Report,
     SourceImage,
     SourceObject,
+    declared_size,
     finite_numbers,
 )
 
@@ -61,9 +62,11 @@ def read(
         if not file_name or "id" not in entry:
             report.skip_image(src, f"images[{k}]: no 'id' or 'file_name'", "malformed entry")
             continue
-        size = None
-        if entry.get("width") and entry.get("height"):
-            size = (int(entry["width"]), int(entry["height"]))
+        try:
+            size = declared_size(entry.get("width"), entry.get("height"))
+        except ValueError as err:
+            report.skip_image(src, f"images[{k}] ({file_name}): {err}", "malformed entry")
+            continue
         records[entry["id"]] = SourceImage(
             annotation=src,
             image=images_dir / file_name,

@@ -135,6 +135,17 @@ def finite_numbers(values, n: int) -> list[float]:
     return numbers
 
 
+def declared_size(width, height) -> tuple[int, int] | None:
+    """An annotation's (width, height) as whole pixels, None when it gives none;
+    ValueError (naming the values) when they are not positive numbers."""
+    if not width and not height:
+        return None
+    w, h = finite_numbers([width, height], 2)
+    if w < 1 or h < 1 or w != int(w) or h != int(h):
+        raise ValueError(f"expected a positive whole width and height, got {width!r}, {height!r}")
+    return int(w), int(h)
+
+
 def parse_ratios(text: str) -> tuple[float, float, float]:
     """``"0.5,0.25,0.25"`` -> train, val, test fractions (non-negative, summing to 1)."""
     try:

@@ -19,6 +19,7 @@ from minircnn.data.convert.core import (
     Report,
     SourceImage,
     SourceObject,
+    declared_size,
     finite_numbers,
     report_unannotated,
 )
@@ -69,9 +70,13 @@ def _record(path: Path, doc, name: str, report: Report) -> SourceImage | None:
         msg = "no imagePath and no imageData"
         report.skip_image(path, msg, "image file not found", len(doc["shapes"]))
         return None
-    size = None
-    if doc.get("imageWidth") and doc.get("imageHeight"):
-        size = (int(doc["imageWidth"]), int(doc["imageHeight"]))
+    try:
+        size = declared_size(doc.get("imageWidth"), doc.get("imageHeight"))
+    except ValueError as err:
+        report.skip_image(
+            path, f"imageWidth/imageHeight: {err}", "malformed entry", len(doc["shapes"])
+        )
+        return None
     record = SourceImage(path, image, name=name, size=size, data=data)
     for k, shape in enumerate(doc["shapes"]):
         label = str(shape.get("label", "")).strip()
