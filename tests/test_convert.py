@@ -249,6 +249,7 @@ def test_voc_folder(tmp_path):
     (src / "y.xml").write_text(voc_xml("y.jpg", 24, 20, [("bird", 2, 2, 24, 20, 0)]))
     (src / "z.xml").write_text(voc_xml("z.jpg", 24, 20, [("cat", 2, 2, 5, 5, 0)]))  # no image
     (src / "bad.xml").write_text("<annotation><object>")
+    write_image(src / "bad.jpg", 24, 20)  # reported once, through its malformed XML
     summary = convert_source("voc-folder", src, tmp_path / "out", ALL_TRAIN)
     assert read_back(tmp_path / "out") == {
         "x": ([[0, 0, 9, 11], [5, 2, 19, 24], [0, 0, 7, 7]], ["cat", "dog", "dog"], [0, 1, 0]),

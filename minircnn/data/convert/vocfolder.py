@@ -31,12 +31,15 @@ def read(src: Path, report: Report) -> tuple[list[str], list[SourceImage]]:
     files = sorted(src.rglob("*.xml"))
     if not files:
         raise ConvertError(f"{src}: no .xml annotation files in this folder")
-    records = []
+    records, accounted = [], set()  # accounted: images already reported through their XML
     for path in files:
         record = _record(path, str(path.relative_to(src).with_suffix("")), report)
         if record is not None:
             records.append(record)
-    report_unannotated(src, {r.image for r in records}, report)
+            accounted.add(record.image)
+        elif (beside := _find_image(path, "")) is not None:
+            accounted.add(beside)  # its XML was skipped with the reason: not "unannotated"
+    report_unannotated(src, accounted, report)
     names = sorted({o.name for r in records for o in r.objects})
     return names, records
 
