@@ -68,7 +68,7 @@ def test_coco(tmp_path):
             {"id": 13, "image_id": 2, "category_id": 1, "bbox": [30, 5, 10, 5]},
             {"id": 14, "image_id": 99, "category_id": 1, "bbox": [1, 1, 5, 5]},  # no image
             {"id": 15, "image_id": 3, "category_id": 7, "bbox": [1, 1, 5, 5]},  # no category
-            # x2 = round(1.4) - 1 = 0 < x1 = 1: inverted, skipped
+            # x 1 .. 1.4: x2 = round(1.4) - 1 = 0 < x1 = 1, no whole pixel: skipped
             {"id": 16, "image_id": 3, "category_id": 1, "bbox": [1, 1, 0.4, 3]},
             # x2 = round(32.6) - 1 = 32: 1 px past the 32 px image, clipped to 31
             {"id": 17, "image_id": 3, "category_id": 1, "bbox": [20, 10, 12.6, 5]},
@@ -89,7 +89,7 @@ def test_coco(tmp_path):
         "box more than 1 px outside the image": 1,
         "image_id not in 'images'": 1,
         "category_id not in 'categories'": 1,
-        "inverted box (x2 < x1 or y2 < y1)": 1,
+        "box thinner than a pixel": 1,
         "image file not found (its objects)": 1,
     }
     assert report.changed == {"box clipped to the image (at most 1 px outside)": 1}
@@ -393,3 +393,20 @@ def test_coco_image_with_a_malformed_size_is_skipped_not_a_crash(tmp_path):
     assert summary.split_ids["train"] == ["a"]
     assert summary.report.skipped_images["malformed entry"] == 1
     assert any("640px" in line for line in summary.report.lines)
+
+
+def test_a_box_thinner_than_a_pixel_is_not_called_inverted(tmp_path):
+    src = tmp_path / "coco"
+    write_image(src / "a.jpg", 40, 30)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [
+            # x 10.2 .. 10.4: rounds to x1 = 10, x2 = round(10.4) - 1 = 9, no whole pixel
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.2, 5, 0.2, 10], "iscrowd": 0},
+            {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8], "iscrowd": 0},
+        ],
+    }
+    (src / "ann.json").write_text(json.dumps(coco))
+    summary = convert_source("coco", src / "ann.json", tmp_path / "out", ratios=ALL_TRAIN)
+    assert summary.report.skipped == {"box thinner than a pixel": 1}

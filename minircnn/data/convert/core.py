@@ -271,6 +271,11 @@ def _valid_objects(record, classes, width, height, report):
             left, right, top, bottom = left * width, right * width, top * height, bottom * height
         coords = list(pixel_box(left, top, right, bottom))
         where = f"{obj.where} ({obj.name})"
+        if right > left and bottom > top and (coords[2] < coords[0] or coords[3] < coords[1]):
+            # not inverted: so thin that no whole pixel lies inside it after rounding
+            msg = f"{where}: box {obj.box} covers no whole pixel once rounded"
+            report.skip(record.annotation, msg, "box thinner than a pixel")
+            continue
         box, problems = check_box(coords, width, height, record.annotation, where)
         for p in problems:
             if p.fatal:
