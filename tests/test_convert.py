@@ -410,3 +410,21 @@ def test_a_box_thinner_than_a_pixel_is_not_called_inverted(tmp_path):
     (src / "ann.json").write_text(json.dumps(coco))
     summary = convert_source("coco", src / "ann.json", tmp_path / "out", ratios=ALL_TRAIN)
     assert summary.report.skipped == {"box thinner than a pixel": 1}
+
+
+def test_overwrite_with_a_bad_source_keeps_the_previous_conversion(tmp_path):
+    src = tmp_path / "coco"
+    write_image(src / "a.jpg", 40, 30)
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
+        "categories": [{"id": 1, "name": "cat"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8]}],
+    }
+    (src / "ann.json").write_text(json.dumps(coco))
+    convert_source("coco", src / "ann.json", tmp_path / "out", ratios=ALL_TRAIN)
+    (src / "empty.json").write_text(json.dumps({**coco, "images": []}))
+    with pytest.raises(ValueError, match="no images to convert"):
+        convert_source(
+            "coco", src / "empty.json", tmp_path / "out", ratios=ALL_TRAIN, overwrite=True
+        )
+    assert len(VOCDataset(tmp_path / "out", split="train")) == 1  # still there

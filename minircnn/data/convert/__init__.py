@@ -57,10 +57,9 @@ def convert_source(
         raise ConvertError(f"{src}: not found")
     if _inside(src, voc_root) or (src.is_dir() and _inside(voc_root, src)):
         raise ConvertError(f"{voc_root}: the output must not be inside SRC, nor SRC inside it")
-    if voc_root.exists() and any(voc_root.iterdir()):
-        if not overwrite:
-            raise ConvertError(f"{voc_root}: already exists (--overwrite replaces it)")
-        shutil.rmtree(voc_root)
+    replace = voc_root.exists() and any(voc_root.iterdir())
+    if replace and not overwrite:
+        raise ConvertError(f"{voc_root}: already exists (--overwrite replaces it)")
     report = Report()
     if fmt == "coco":
         found, records = coco.read(src, report, Path(images_dir) if images_dir else None)
@@ -80,6 +79,8 @@ def convert_source(
     for name in [c for c in found if not usable_class_name(c)]:
         report.lines.append(f"skipped  {src}: class {name!r} cannot name a file; its objects too")
     kept = [c for c in found if usable_class_name(c)]
+    if replace:  # only now that the source has been read: a bad source keeps the old set
+        shutil.rmtree(voc_root)
     return convert(
         records, kept, out, report, ratios, seed, year, database=f"minircnn convert ({fmt})"
     )
