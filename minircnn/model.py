@@ -114,14 +114,15 @@ class Backbone:
     def named_layers(self):
         return [(name, conv) for layers, _ in self.blocks for name, conv, _ in layers]
 
-    def train_flops(self, n_images: int, height: int, width: int) -> float:
+    def train_flops(self, n_images: int, height: int, width: int, backward: bool = True) -> float:
         """Multiply-add FLOPs (x2) of one forward+backward over ``[n, 3, height, width]``:
-        forward for every conv, plus dW for trained ones, plus dx where it is needed."""
+        forward for every conv, plus dW for trained ones, plus dx where it is needed
+        (``backward=False``: the forward alone, as in detection)."""
         total = 0.0
         for b, (layers, pool) in enumerate(self.blocks):
             for _, conv, _ in layers:
                 f, c = conv.out_channels, conv.in_channels
-                passes = 1 + (b >= self.frozen_blocks) + conv.need_input_grad
+                passes = 1 + backward * ((b >= self.frozen_blocks) + conv.need_input_grad)
                 total += passes * 2 * f * c * 9 * n_images * height * width
             if pool is not None:
                 height, width = height // 2, width // 2

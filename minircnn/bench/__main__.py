@@ -16,7 +16,7 @@ from pathlib import Path
 import numba
 
 from minircnn import cli
-from minircnn.bench import kernels, pipeline  # noqa: F401  (they register their sections)
+from minircnn.bench import kernels, pipeline, vs_torch  # noqa: F401  (they register sections)
 from minircnn.bench.harness import SECTIONS
 from minircnn.timing import sgemm_gflops
 

@@ -1,5 +1,6 @@
 """What every bench section shares: the section registry, optional torch/torchvision,
-result tables and ratio rows, and random RoIs."""
+result tables and ratio rows, random RoIs, and a synthetic training batch with a Trainer
+that steps on it."""
 
 from collections.abc import Callable
 
@@ -75,3 +76,64 @@ def random_rois(rng: np.random.Generator, n: int, n_img: int, height: int, width
     x2 = np.minimum(x1 + rng.uniform(16, width * 0.6, n), width - 1)
     y2 = np.minimum(y1 + rng.uniform(16, height * 0.6, n), height - 1)
     return np.stack([rng.integers(0, n_img, n), x1, y1, x2, y2], axis=1).astype(np.float32)
+
+
+def training_batch(
+    rng: np.random.Generator,
+    num_classes: int,
+    n_images: int = 2,
+    height: int = 192,
+    width: int = 256,
+    n_rois: int = 128,
+):
+    """A synthetic MiniBatch of the shapes training runs (N = 2 images of the training
+    scale, R = 128 RoIs): images ``[N, 3, H, W]`` float32 (standard normal, like
+    normalised pixels), R/N ``random_rois`` per image grouped by image, the first 25% of
+    each image's RoIs foreground with a random class in 1..K, and their class-specific
+    targets and weights ``[R, 4(K+1)]`` towards a jittered copy of each box, normalised
+    as in training. No data set, proposals or sampling: only the arrays."""
+    from minircnn.data.sampling import MiniBatch, SamplerConfig, class_specific_targets, roi_labels
+    from minircnn.ops.boxes import TARGET_MEANS, TARGET_STDS
+
+    per_image = n_rois // n_images
+    n_fg = round(SamplerConfig.fg_fraction * per_image)
+    rois, labels = [], []
+    for b in range(n_images):
+        r = random_rois(rng, per_image, 1, height, width)
+        r[:, 0] = b
+        rois.append(r)
+        is_fg = np.arange(per_image) < n_fg  # foreground first, as sample_rois orders them
+        labels.append(roi_labels(rng.integers(1, num_classes + 1, per_image), is_fg))
+    rois, labels = np.concatenate(rois), np.concatenate(labels)
+    gt = rois[:, 1:] + rng.normal(0, 4, (len(rois), 4))  # a nearby "ground truth" box
+    targets, weights = class_specific_targets(
+        rois[:, 1:], gt, labels, num_classes, TARGET_MEANS, TARGET_STDS
+    )
+    images = rng.standard_normal((n_images, 3, height, width), dtype=np.float32)
+    return MiniBatch(images, rois, labels, targets, weights)
+
+
+class FixedBatchSampler:
+    """Stands in for HierarchicalSampler: ``batch`` returns the same MiniBatch every
+    time, so a Trainer's ``step`` runs its math (forward, loss, backward, SGD) on it with
+    no data set and no sampling cost."""
+
+    def __init__(self, batch) -> None:
+        from minircnn.data.sampling import SamplerConfig
+
+        self.config = SamplerConfig(images_per_batch=len(batch.images))
+        self.usable = np.arange(len(batch.images))
+        self._batch = batch
+
+    def batch(self, indices):
+        return self._batch
+
+
+def fixed_batch_trainer(model, batch):
+    """A Trainer of ``model`` whose every ``step(range(N))`` trains on ``batch``, at the
+    default schedule's learning rate kept constant (no step). It is never saved."""
+    from minircnn.train.trainer import TrainConfig, Trainer
+
+    config = TrainConfig(lr_step_epochs=())
+    sampler = FixedBatchSampler(batch)
+    return Trainer(model, sampler, config, "runs/bench/unsaved", {}, np.random.default_rng(0))

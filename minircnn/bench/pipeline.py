@@ -1,12 +1,24 @@
-"""Bench sections for whole stages: selective search, and R-CNN against Fast R-CNN."""
+"""Bench sections for whole stages: selective search, R-CNN against Fast R-CNN, and the
+cold start of training (Numba compilation)."""
 
 import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from minircnn.bench.harness import print_table, random_rois, section
+from minircnn.bench.harness import (
+    fixed_batch_trainer,
+    print_table,
+    random_rois,
+    section,
+    training_batch,
+)
 from minircnn.timing import StageTimer, best_time, instrument_fast_rcnn
 
 
@@ -160,3 +172,72 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
         f"SVD 1/4 rank {maps['svd_1/4']:.3f} (difference {maps['full'] - maps['svd_1/4']:+.3f})"
     )
     return {"rows": rows, "stages": stage_rows, "map": maps}
+
+
+# ---------------------------------------------------------------- cold_start
+# What cold_start runs in a fresh interpreter: the imports of `python -m minircnn.train`,
+# then first_training_step (its own clock starts before the imports).
+_FIRST_STEP_SCRIPT = """\
+import time
+t_start = time.perf_counter()
+import minircnn.train.command  # noqa: F401  (what `python -m minircnn.train` imports)
+from minircnn.bench.pipeline import first_training_step
+first_training_step(t_start)
+"""
+
+
+def first_training_step(t_start: float) -> None:
+    """cold_start's child process: build the default FastRCNN and a synthetic training
+    batch (no data set, selective search or pre-training), run two Trainer steps, and
+    print as one JSON line how long each phase took (s): the imports since ``t_start``
+    (``import_s``), building the model and batch (``build_s``), the first step, which
+    compiles or loads every kernel (``first_step_s``), and the second (``second_step_s``)."""
+    from minircnn.model import FastRCNN, ModelConfig
+
+    marks = [t_start, time.perf_counter()]
+    rng = np.random.default_rng(0)
+    model = FastRCNN(ModelConfig(num_classes=5), rng)
+    trainer = fixed_batch_trainer(model, training_batch(rng, model.config.num_classes))
+    marks.append(time.perf_counter())
+    for _ in range(2):
+        trainer.step([0, 1])
+        marks.append(time.perf_counter())
+    names = ("import_s", "build_s", "first_step_s", "second_step_s")
+    print(json.dumps(dict(zip(names, np.diff(marks).tolist(), strict=True))))
+
+
+@section("cold_start")
+def bench_cold_start(quick: bool, threads: int) -> dict:
+    """Seconds from interpreter start to the end of the first training step in a fresh
+    process (``python -c``; a synthetic batch stands in for the data, proposals and
+    pre-training of `python -m minircnn.train --tiny`): with an empty Numba cache, where
+    every kernel is compiled, then with the cache that run filled. ``quick``: one run with
+    the ordinary cache as found (usually warm), which is cheap."""
+    with tempfile.TemporaryDirectory(prefix="minircnn-numba-cache-") as cache:
+        runs = [("ordinary cache, as found", None)]
+        if not quick:
+            runs = [("cold: empty Numba cache", cache), ("warm: the cache filled above", cache)]
+        rows = []
+        for label, cache_dir in runs:
+            env = dict(os.environ)
+            if cache_dir is not None:
+                env["NUMBA_CACHE_DIR"] = cache_dir
+            t0 = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, "-c", _FIRST_STEP_SCRIPT], env=env, capture_output=True, text=True
+            )
+            wall = time.perf_counter() - t0
+            if done.returncode != 0:
+                raise RuntimeError(f"cold_start child failed:\n{done.stderr[-2000:]}")
+            phases = json.loads(done.stdout.strip().splitlines()[-1])
+            # the process's wall time less its second step: start (interpreter start-up
+            # included) to the end of the first step, plus the exit
+            first = wall - phases["second_step_s"]
+            rows.append({"run": label, "to_first_step_s": first, **phases})
+    print_table(
+        "cold start: process start to the end of the first training step (synthetic batch: "
+        "no data generation, selective search or pre-training)",
+        rows,
+        ["run", "to_first_step_s", "import_s", "build_s", "first_step_s", "second_step_s"],
+    )
+    return {"rows": rows}

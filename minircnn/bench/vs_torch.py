@@ -1,0 +1,234 @@
+"""Bench section ``vs_torch``: the whole default network beside the same network in PyTorch.
+
+The default ``FastRCNN`` (``ModelConfig(num_classes=5)``) is rebuilt with ``torch.nn`` and
+``torchvision.ops.roi_pool`` under the same layer names, with minircnn's weights copied in
+and the same blocks frozen; torch's SGD is set up as minircnn's (momentum, weight decay,
+bias learning-rate multiplier). Both then run (a) one training step on a synthetic batch
+of the training shapes (N = 2 images of 192 x 256, R = 128 RoIs): forward, multi-task
+loss, backward, SGD update; and (b) the detection forward of one 192 x 256 image with 2000
+RoIs. Before any timing, one step on both sides checks that they compute the same thing.
+"""
+
+import numpy as np
+
+from minircnn.bench.harness import (
+    compare,
+    fixed_batch_trainer,
+    print_table,
+    random_rois,
+    section,
+    torchvision_op,
+    training_batch,
+    try_import_torch,
+)
+from minircnn.model import FastRCNN, ModelConfig
+from minircnn.optim import SGDConfig
+from minircnn.timing import best_time, sgemm_gflops
+
+HEIGHT, WIDTH = 192, 256  # the training scale's input for the toy set's 4:3 images
+DETECT_ROIS = 2000  # proposals per image at test time (section 3)
+
+
+def torch_fast_rcnn(torch, tv_roi_pool, model: FastRCNN):
+    """``model``'s network as a ``torch.nn.Module`` with its weights copied and the same
+    parameters frozen (``requires_grad`` False outside ``model.trainable_names()``).
+
+    Its ``forward(images [N, 3, H, W], rois [R, 5])`` returns (cls_score ``[R, K+1]``,
+    bbox_pred ``[R, 4(K+1)]``), as ``FastRCNN.forward`` does. The layers are registered
+    under minircnn's names (``conv1_1``, ..., ``fc6``, ``cls_score``), so the state dict
+    and ``model.params()`` share their keys.
+    """
+    nn, F = torch.nn, torch.nn.functional
+    roi = model.roi_pool
+
+    class TorchFastRCNN(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.plan = []  # [(conv names of the block, max-pool after it?)]
+            for layers, pool in model.backbone.blocks:
+                for name, conv, _ in layers:
+                    args = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride)
+                    self.add_module(name, nn.Conv2d(*args, padding=conv.padding))
+                self.plan.append(([name for name, _, _ in layers], pool is not None))
+            n_convs = len(model.backbone.named_layers())
+            for name, layer in model.named_layers()[n_convs:]:  # fc6, fc7 and the heads
+                self.add_module(name, nn.Linear(layer.in_features, layer.out_features))
+            self.dropout = model.config.dropout
+
+        def forward(self, images, rois):
+            x = images
+            for names, pool in self.plan:
+                for name in names:
+                    x = F.relu(getattr(self, name)(x))
+                if pool:
+                    x = F.max_pool2d(x, 2)
+            x = tv_roi_pool(x, rois, roi.output_size, roi.spatial_scale).flatten(1)
+            for fc in (self.fc6, self.fc7):
+                x = F.relu(fc(x))
+                if self.dropout:  # 0 by default: skipped, as minircnn's Dropout does
+                    x = F.dropout(x, self.dropout, self.training)
+            return self.cls_score(x), self.bbox_pred(x)
+
+    net = TorchFastRCNN()
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in model.params().items()})
+    trainable = set(model.trainable_names())
+    for name, module in net.named_children():
+        module.requires_grad_(name in trainable)
+    return net
+
+
+def torch_sgd(torch, net, config: SGDConfig):
+    """torch's SGD doing minircnn's update. Caffe's ``v <- m v + lr (g + wd w); w <- w - v``
+    is torch's ``v <- m v + g + wd w; w <- w - lr v`` scaled by lr, so both give the same
+    weights at a constant learning rate; biases get ``bias_lr_mult`` and no decay."""
+    trained = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
+    groups = [
+        {
+            "params": [p for n, p in trained if not n.endswith("bias")],
+            "weight_decay": config.weight_decay,
+        },
+        {
+            "params": [p for n, p in trained if n.endswith("bias")],
+            "lr": config.lr * config.bias_lr_mult,
+            "weight_decay": 0.0,
+        },
+    ]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
+
+
+def torch_multitask_loss(torch, cls_score, bbox_pred, labels, targets, weights, loc_weight):
+    """``MultiTaskLoss`` in torch: mean cross-entropy over the R RoIs plus ``loc_weight``
+    times the weighted smooth-L1 sum (beta 1) divided by R (the weights select each
+    foreground RoI's 4 class columns: eq. 1's ``[u >= 1]``). Returns a scalar tensor."""
+    F = torch.nn.functional
+    loc = F.smooth_l1_loss(bbox_pred, targets, reduction="none", beta=1.0)
+    return F.cross_entropy(cls_score, labels) + loc_weight * (weights * loc).sum() / len(labels)
+
+
+@section("vs_torch")
+def bench_vs_torch(quick: bool, threads: int) -> dict:
+    """The default network's training step and detection forward, minircnn against the
+    same network and weights in PyTorch; minircnn's training step split by stage."""
+    torch = try_import_torch(threads)
+    tv_roi_pool = torchvision_op("roi_pool") if torch is not None else None
+    if tv_roi_pool is None:
+        print("\n== vs_torch: skipped, needs torch and torchvision: pip install -e '.[bench]'")
+        return {}
+    repeats = 3 if quick else 20
+    peak = sgemm_gflops(1024)
+    rng = np.random.default_rng(0)
+    model = FastRCNN(ModelConfig(num_classes=5), rng)
+    batch = training_batch(rng, model.config.num_classes, 2, HEIGHT, WIDTH, 128)
+    det_images = rng.standard_normal((1, 3, HEIGHT, WIDTH), dtype=np.float32)
+    det_rois = random_rois(rng, DETECT_ROIS, 1, HEIGHT, WIDTH)
+    net = torch_fast_rcnn(torch, tv_roi_pool, model)  # before any step: the same weights
+    trainer = fixed_batch_trainer(model, batch)  # Trainer.step = our step minus sampling
+    optimizer = torch_sgd(torch, net, trainer.optimizer.config)
+    t_images, t_rois, t_labels, t_targets, t_weights = (
+        torch.from_numpy(a)
+        for a in (batch.images, batch.rois, batch.labels, batch.bbox_targets, batch.bbox_weights)
+    )
+    indices = list(range(len(batch.images)))
+
+    def ours_step():
+        trainer.step(indices)
+
+    def torch_step():
+        cls_score, bbox_pred = net(t_images, t_rois)
+        loss = torch_multitask_loss(
+            torch, cls_score, bbox_pred, t_labels, t_targets, t_weights, trainer.loss.loc_weight
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    # is it the same computation? one forward, then one step, on both sides (not timed)
+    net.train()
+    with torch.no_grad():
+        t_out = net(t_images, t_rois)
+    ours_out = model.train().forward(batch.images, batch.rois)
+    ours_loss = trainer.step(indices).losses.total
+    torch_loss = torch_step().item()
+    params = dict(net.named_parameters())
+
+    def max_diff(arrays, tensors):
+        return max(
+            float(np.abs(a - t.detach().numpy()).max())
+            for a, t in zip(arrays, tensors, strict=True)
+        )
+
+    grads, weights = model.grads(), model.params()
+    agreement = {
+        "outputs": max_diff(ours_out, t_out),
+        "loss": abs(ours_loss - torch_loss),
+        # relative to the largest gradient (~10, cls_score's): float32 sums over a batch
+        "gradients_rel": max_diff(grads.values(), (params[n].grad for n in grads))
+        / max(float(np.abs(g).max()) for g in grads.values()),
+        "params_after_step": max_diff(weights.values(), (params[n] for n in weights)),
+    }
+    print(
+        "\nsame weights, same batch: max |minircnn - torch| "
+        + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items())
+    )
+    if agreement["outputs"] > 1e-3:
+        print("WARNING: the two networks' outputs differ: the comparison below is not fair")
+
+    # each side in its own block of consecutive calls (see bench/__main__.py)
+    trainer.timer.totals.clear()  # the stages of the timed calls only
+    steps_before = trainer.iteration
+    ours_train = best_time(ours_step, repeats)
+    n_steps = trainer.iteration - steps_before
+    stages = {k: v / n_steps for k, v in trainer.timer.totals.items() if k != "sampling"}
+    torch_train = best_time(torch_step, repeats)
+    model.eval()
+    ours_detect = best_time(lambda: model.forward(det_images, det_rois), repeats)
+    net.eval()
+    t_det_images, t_det_rois = torch.from_numpy(det_images), torch.from_numpy(det_rois)
+    with torch.no_grad():
+        torch_detect = best_time(lambda: net(t_det_images, t_det_rois), repeats)
+
+    # FLOPs: the step's (train_flops), the convs' forward alone, and the FC layers' rest
+    backbone = model.backbone
+    step_flops = model.train_flops(batch.images.shape, len(batch.rois))
+    conv_fwd = backbone.train_flops(len(batch.images), HEIGHT, WIDTH, backward=False)
+    conv_all = backbone.train_flops(len(batch.images), HEIGHT, WIDTH)
+    fc_fwd_per_roi = (step_flops - conv_all) / 3 / len(batch.rois)  # 3 products per layer
+    detect_flops = backbone.train_flops(1, HEIGHT, WIDTH, backward=False)
+    detect_flops += fc_fwd_per_roi * DETECT_ROIS
+
+    cases = [
+        ("train step (N=2, R=128)", ours_train, torch_train, step_flops),
+        (f"detect (1 image, {DETECT_ROIS} RoIs)", ours_detect, torch_detect, detect_flops),
+    ]
+    rows = []
+    for what, ours, theirs, flops in cases:
+        row = compare({"what": what}, ours, theirs, flops)
+        row["ours_%peak"] = 100 * row["ours_GFLOPs"] / peak
+        rows.append(row)
+    columns = ["what", "ours_ms", "ours_GFLOPs", "ours_%peak", "torch_ms", "torch_GFLOPs", "ratio"]
+    print_table(
+        f"default network, minircnn vs torch {torch.__version__}, {threads} threads, "
+        f"{HEIGHT}x{WIDTH} images (SGEMM 1024 peak {peak:.0f} GFLOP/s)",
+        rows,
+        columns,
+    )
+
+    stage_flops = {
+        "conv_forward": conv_fwd,
+        "conv_backward": conv_all - conv_fwd,
+        "fc": step_flops - conv_all,
+    }
+    stage_rows = []
+    for name, seconds in [*stages.items(), ("sum of stages", sum(stages.values()))]:
+        row = {"stage": name, "ms": 1e3 * seconds}
+        if name in stage_flops:
+            row["GFLOPs"] = stage_flops[name] / seconds / 1e9
+            row["%peak"] = 100 * row["GFLOPs"] / peak
+        stage_rows.append(row)
+    print_table(
+        f"minircnn training step by stage (mean of {n_steps} steps)",
+        stage_rows,
+        ["stage", "ms", "GFLOPs", "%peak"],
+    )
+    return {"rows": rows, "stages": stage_rows, "agreement": agreement, "sgemm_gflops": peak}
