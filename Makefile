@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 
-.PHONY: demo test lint format bench figures results clean
+.PHONY: demo test lint format bench figures results notebooks clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ figures: $(VENV)/.installed
 # The README's results table: the defaults trained on trainval with 3 seeds, tested once.
 results: $(VENV)/.installed
 	$(PY) -m minircnn.report
+
+# Execute the notebooks with full settings, writing the outputs that are committed.
+notebooks: $(VENV)/.installed-dev
+	$(PY) notebooks/execute.py
 
 bench: $(VENV)/.installed
 	$(PY) -m minircnn.bench

@@ -259,6 +259,12 @@ class Classifier(_Network):
     def trainable_names(self):
         return [name for name, _ in self.named_layers()]
 
+    def summary(self, n_crops: int = 1, show: bool = True) -> list:
+        """The layer table for ``n_crops`` crops: see ``minircnn.summary.classifier_rows``."""
+        from minircnn.summary import classifier_rows, show_rows
+
+        return show_rows(classifier_rows(self, n_crops), show)
+
 
 class FastRCNN(_Network):
     """Fast R-CNN: forward(images [N, 3, H, W], rois [R, 5]) -> (cls_score [R, K+1],
@@ -339,3 +345,14 @@ class FastRCNN(_Network):
 
     def trainable_names(self):
         return [*self.backbone.trainable_names(), "fc6", "fc7", "cls_score", "bbox_pred"]
+
+    def summary(
+        self, height: int = 192, width: int = 256, n_rois: int = 128, show: bool = True
+    ) -> list:
+        """The layer table (name, output shape, stride, receptive field, parameters, FLOPs)
+        for one ``height x width`` image and ``n_rois`` RoIs, printed when ``show``: see
+        ``minircnn.summary.fast_rcnn_rows``. The last conv's stride s gives RoI pooling's
+        ``spatial_scale = 1 / s``."""
+        from minircnn.summary import fast_rcnn_rows, show_rows
+
+        return show_rows(fast_rcnn_rows(self, height, width, n_rois), show)

@@ -6,7 +6,8 @@ import pytest
 
 from minircnn.gradcheck import gradcheck
 from minircnn.layers.losses import MultiTaskLoss
-from minircnn.model import FastRCNN, ModelConfig
+from minircnn.model import Classifier, FastRCNN, ModelConfig
+from minircnn.summary import receptive_fields
 
 TINY = ModelConfig(
     num_classes=2,
@@ -49,3 +50,59 @@ def test_whole_model_gradcheck_float64(frozen):
     for name, g in grads.items():
         err = gradcheck(f, params[name], g, num_checks=20)
         assert err < 1e-6, (name, err)
+
+
+def test_summary_matches_hand_computation(capsys):
+    """TINY on a 12x14 image with 4 RoIs, worked by hand: output sizes (3x3 convs with
+    padding 1 keep the size, 2x2 pools halve it, floor), strides (x2 per pool), receptive
+    fields (r += (k - 1) * stride so far), parameters (F*C*k*k + F, in*out + out) and
+    FLOPs (2 multiply-adds: 2*F*C*9*H'*W' per conv, 2*R*in*out per FC layer)."""
+    model = FastRCNN(TINY)
+    rows = model.summary(12, 14, n_rois=4)
+    printed = capsys.readouterr().out
+    expected = [
+        # name, shape, stride, receptive field, params, FLOPs
+        ("conv1_1", (1, 3, 12, 14), 1, 3, 3 * 3 * 9 + 3, 2 * 3 * 3 * 9 * 12 * 14),
+        ("pool1", (1, 3, 6, 7), 2, 4, 0, 0),  # r = 3 + (2-1)*1
+        ("conv2_1", (1, 4, 6, 7), 2, 8, 4 * 3 * 9 + 4, 2 * 4 * 3 * 9 * 6 * 7),  # 4 + 2*2
+        ("conv2_2", (1, 4, 6, 7), 2, 12, 4 * 4 * 9 + 4, 2 * 4 * 4 * 9 * 6 * 7),  # 8 + 2*2
+        ("roi_pool", (4, 4, 2, 2), None, None, 0, 0),
+        ("fc6", (4, 6), None, None, 16 * 6 + 6, 2 * 4 * 16 * 6),  # 16 = C*P*P = 4*2*2
+        ("fc7", (4, 5), None, None, 6 * 5 + 5, 2 * 4 * 6 * 5),
+        ("cls_score", (4, 3), None, None, 5 * 3 + 3, 2 * 4 * 5 * 3),
+        ("bbox_pred", (4, 12), None, None, 5 * 12 + 12, 2 * 4 * 5 * 12),
+    ]
+    assert [tuple(r) for r in rows] == expected
+    assert sum(r.params for r in rows) == sum(p.size for p in model.params().values())
+    assert model.roi_pool.spatial_scale == 1 / rows[3].stride == 1 / TINY.stride
+    assert printed.splitlines()[0].split()[0] == "layer" and "conv2_2" in printed
+    assert "total" in printed.splitlines()[-1]
+    # the classifier: the same backbone on a crop_size crop (8 px), then pool5 and 3 FCs
+    crop = Classifier(TINY).summary(n_crops=2, show=False)
+    assert TINY.crop_size == 8
+    assert [(r.name, r.output_shape, r.stride, r.receptive_field) for r in crop[:5]] == [
+        ("conv1_1", (1, 3, 8, 8), 1, 3),
+        ("pool1", (1, 3, 4, 4), 2, 4),
+        ("conv2_1", (1, 4, 4, 4), 2, 8),
+        ("conv2_2", (1, 4, 4, 4), 2, 12),
+        ("pool5", (1, 4, 2, 2), 4, 14),  # 12 + (2-1)*2
+    ]
+    assert [(r.name, r.output_shape) for r in crop[5:]] == [
+        ("fc6", (2, 6)),
+        ("fc7", (2, 5)),
+        ("cls", (2, 3)),
+    ]
+
+
+def test_receptive_fields_vgg16():
+    """VGG16 up to conv5_3 (13 3x3 convs, 4 2x2 pools): stride 16, receptive field 196 px;
+    pool5 212 px; a further 3x3 window on conv5_3 (Faster R-CNN's RPN) 228 px."""
+    layers = []
+    for b, n in enumerate((2, 2, 3, 3, 3)):
+        layers += [(f"conv{b + 1}_{j + 1}", 3, 1) for j in range(n)]
+        layers.append((f"pool{b + 1}", 2, 2))
+    out = receptive_fields(layers)
+    by_name = {name: (j, r) for name, j, r in out}
+    assert by_name["conv5_3"] == (16, 196)
+    assert by_name["pool5"] == (32, 212)
+    assert receptive_fields([*layers[:-1], ("rpn_conv", 3, 1)])[-1][1:] == (16, 228)
