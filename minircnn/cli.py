@@ -135,12 +135,17 @@ def jobs(text: str) -> int:
     return value
 
 
+def _float_or_nan(text: str) -> float:
+    """``float(text)``, NaN when it is not a number (every range check then fails)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def positive_finite_float(text: str) -> float:
     """Validator: a finite number > 0 (a learning rate)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float_or_nan(text)
     if not (math.isfinite(value) and value > 0):
         _fail(text, "a finite number > 0")
     return value
@@ -148,10 +153,7 @@ def positive_finite_float(text: str) -> float:
 
 def probability(text: str) -> float:
     """Validator: a number in [0, 1] (a score or IoU threshold, a fraction)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _float_or_nan(text)
     if not 0 <= value <= 1:  # NaN fails too
         _fail(text, "a number in [0, 1]")
     return value

@@ -53,10 +53,12 @@ def class_metrics(detections: list, annotations: dict, iou_threshold: float = 0.
     """Every AP of one class (arguments as ``eval_class``): ``{"ap07", "ap", "recall",
     "precision", "ap_by_iou", "ap_50_95", "ap_by_size"}``; recall/precision as lists."""
     ap07, recall, precision = eval_class(detections, annotations, iou_threshold, True)
+    # the area AP from the same precision/recall curve: one matching serves both metrics
+    ap = float("nan") if np.isnan(ap07) else voc_ap(recall, precision, use_07_metric=False)
     by_iou = ap_by_iou(detections, annotations)
     return {
         "ap07": ap07,
-        "ap": eval_class(detections, annotations, iou_threshold, False)[0],
+        "ap": ap,
         "recall": recall.tolist(),
         "precision": precision.tolist(),
         "ap_by_iou": by_iou,
