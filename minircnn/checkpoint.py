@@ -1,9 +1,11 @@
 """Checkpoints: one ``.npz`` per model, written atomically, checked on load.
 
 A checkpoint holds the parameters (``param/<layer>.<name>``), any extra arrays (the
-optimiser's ``momentum/...``) and a JSON header: format version, network kind, its
-``ModelConfig``, and whatever the caller declares (class names, the ``Preprocessing``
-detection needs, the training state for an exact resume).
+optimiser's ``momentum/...``) and a JSON header: format version, network kind
+(``fast_rcnn`` uses selective-search proposals, ``faster_rcnn`` its own RPN, whose
+``RPNConfig`` is recorded as ``rpn``), its ``ModelConfig``, and whatever the caller
+declares (class names, the ``Preprocessing`` detection needs, the training state for an
+exact resume).
 """
 
 import json
@@ -16,10 +18,11 @@ import numpy as np
 
 from minircnn.cli import InputError
 from minircnn.config import config_from_dict
+from minircnn.faster_rcnn import FasterRCNN, RPNConfig
 from minircnn.model import Classifier, FastRCNN, ModelConfig
 
 CHECKPOINT_VERSION = 2  # 2: declared "preprocessing" replaced version 1's free-form keys
-NETWORKS = {"classifier": Classifier, "fast_rcnn": FastRCNN}
+NETWORKS = {"classifier": Classifier, "fast_rcnn": FastRCNN, "faster_rcnn": FasterRCNN}
 
 
 class CheckpointError(InputError):
@@ -33,6 +36,10 @@ def save_checkpoint(path, model, header: dict, arrays: dict | None = None) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     full = {"version": CHECKPOINT_VERSION, "kind": model.kind, "config": asdict(model.config)}
+    if hasattr(model, "proposal_method"):  # a detector: where its proposals come from
+        full["proposals"] = model.proposal_method
+    if isinstance(model, FasterRCNN):  # from its own RPN: how it makes them
+        full["rpn"] = asdict(model.rpn_config)
     full.update(header)
     payload = {f"param/{k}": v for k, v in model.params().items()}
     payload.update(arrays or {})
@@ -111,7 +118,14 @@ def load_model(path, expected_config: ModelConfig | None = None):
     config = checkpoint_config(header, path, expected_config)
     if header.get("kind") not in NETWORKS:
         raise CheckpointError(f"{path}: unknown network kind {header.get('kind')!r}")
-    network = NETWORKS[header["kind"]](config)
+    if header["kind"] == "faster_rcnn":
+        try:
+            rpn_config = config_from_dict(RPNConfig, header["rpn"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{path}: no usable RPN configuration ({err!r})") from err
+        network = FasterRCNN(config, rpn_config)
+    else:
+        network = NETWORKS[header["kind"]](config)
     try:
         network.load_params(with_prefix(arrays, "param/"), source=str(path))
     except ValueError as err:

@@ -2,6 +2,9 @@
 
     python -m minircnn.detect --checkpoint runs/tiny/checkpoint.npz IMAGE... [--out DIR]
 
+A Faster R-CNN checkpoint (``train --proposals rpn``) makes its proposals with its own
+RPN on the same conv pass; a Fast R-CNN one runs selective search (cached) first.
+
 For each image: scale it, compute the feature map once, RoI-pool all proposals, score
 them (softmax over K+1 classes) and regress class-specific boxes; then, per class, drop
 scores below a threshold and run NMS (IoU 0.3, as R-CNN and Fast R-CNN do), and keep
@@ -23,6 +26,7 @@ from minircnn import cli
 from minircnn.checkpoint import CheckpointError, load_model
 from minircnn.config import config_from_dict
 from minircnn.data.image import Preprocessing
+from minircnn.faster_rcnn import FasterRCNN
 from minircnn.layers.losses import softmax
 from minircnn.model import FastRCNN
 from minircnn.ops.boxes import bbox_decode, box_area, clip_boxes
@@ -45,9 +49,15 @@ class Detector:
     mode), the K class names (label k is ``classes[k - 1]``), and the Preprocessing that
     training used (pixel statistics, scales, box-target normalisation)."""
 
-    model: FastRCNN
+    model: FastRCNN | FasterRCNN
     classes: tuple[str, ...]
     preprocessing: Preprocessing
+
+    @property
+    def uses_rpn(self) -> bool:
+        """Whether the model makes its own proposals (Faster R-CNN) instead of being
+        given selective search's."""
+        return isinstance(self.model, FasterRCNN)
 
     def compressed(self, rank: float) -> "Detector":
         """This detector with fc6 and fc7 replaced by truncated SVDs (section 3.1)."""
@@ -57,10 +67,12 @@ class Detector:
 
 
 def load_detector(checkpoint: str | Path) -> Detector:
-    """The Detector a Fast R-CNN checkpoint describes."""
+    """The Detector a Fast R-CNN or Faster R-CNN checkpoint describes."""
     model, header = load_model(checkpoint)
-    if not isinstance(model, FastRCNN):
-        raise CheckpointError(f"{checkpoint}: a {header['kind']} checkpoint, not a Fast R-CNN one")
+    if not isinstance(model, FastRCNN | FasterRCNN):
+        raise CheckpointError(
+            f"{checkpoint}: a {header['kind']} checkpoint, not a Fast or Faster R-CNN one"
+        )
     try:
         preprocessing = config_from_dict(Preprocessing, header["preprocessing"])
         classes = tuple(header["classes"])
@@ -78,25 +90,49 @@ def load_detector(checkpoint: str | Path) -> Detector:
 def detect(
     detector: Detector,
     image: np.ndarray,
-    proposals: np.ndarray,
+    proposals: np.ndarray | None = None,
     score_threshold=0.05,
     nms_threshold=0.3,
     max_per_image=100,
     scales=None,
 ) -> Detections:
-    """Detect objects in ``image`` (uint8 RGB [H, W, 3]) given ``proposals`` [P, 4].
+    """Detect objects in ``image`` (uint8 RGB [H, W, 3]) given ``proposals`` [P, 4] in
+    original pixels, or (None, for a Faster R-CNN) with the model's own RPN proposals.
 
     ``scales``: shorter-side lengths for multi-scale testing (None: the single training
-    scale).
+    scale); with given proposals only.
     """
-    scores, boxes = score_proposals(detector, image, proposals, scales)
+    if proposals is not None:
+        scores, boxes = score_proposals(detector, image, proposals, scales)
+    elif detector.uses_rpn:
+        if scales and len(scales) > 1:
+            raise ValueError("detect: multi-scale testing needs given proposals, not the RPN's")
+        scores, boxes = score_rpn_proposals(detector, image, scales[0] if scales else None)
+    else:
+        raise ValueError("detect: a Fast R-CNN needs proposals (it has no RPN)")
     return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image)
+
+
+def score_rpn_proposals(detector: Detector, image, short_side: int | None = None):
+    """Faster R-CNN at test time: one conv pass, the RPN's proposals (test top-N), and
+    Fast R-CNN's head on them -> (probabilities [P, K+1], boxes [P, 4(K+1)]) as
+    ``score_proposals``; P <= the RPN's ``test_post_nms_top_n``."""
+    model, pre = detector.model.eval(), detector.preprocessing
+    height, width = image.shape[:2]
+    scale = pre.scale(height, width, short_side)
+    x = pre.network_input(image, scale)[None]  # [1, 3, H', W']
+    features, rpn_scores, rpn_deltas = model.forward_rpn(x)
+    rois, _ = model.proposals(rpn_scores, rpn_deltas, [x.shape[2:]], [scale], training=False)
+    cls_score, bbox_pred = model.forward_head(features, rois)
+    proposals = rois[:, 1:] / scale  # back to original pixels, where boxes are decoded
+    return decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
 
 
 def score_proposals(detector: Detector, image, proposals, scales=None):
     """Class probabilities [P, K+1] and class-specific boxes [P, 4(K+1)] (clipped, in
     original pixels) for every proposal."""
     model, pre = detector.model.eval(), detector.preprocessing
+    fast = model.fast if detector.uses_rpn else model  # a Faster R-CNN's head scores any boxes
     height, width = image.shape[:2]
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     factors = [pre.scale(height, width, s) for s in (scales or [pre.short_side])]
@@ -114,7 +150,7 @@ def score_proposals(detector: Detector, image, proposals, scales=None):
             continue
         x = pre.network_input(image, s)[None]  # [1, 3, H', W']
         rois = np.column_stack([np.zeros(len(idx)), proposals[idx] * s]).astype(np.float32)
-        cls_score[idx], bbox_pred[idx] = model.forward(x, rois)
+        cls_score[idx], bbox_pred[idx] = fast.forward(x, rois)
     return decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
 
 
@@ -192,13 +228,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     detector = load_detector(args.checkpoint)
     images = ImageFolder(args.images)
-    proposals = load_or_compute(
-        images,
-        cache_dir=args.cache_dir,
-        jobs=args.jobs,
-        scheduler=args.scheduler,
-        progress=not args.quiet,
-    )
+    proposals = [None] * len(images)  # Faster R-CNN: its own RPN's
+    if not detector.uses_rpn:
+        proposals = load_or_compute(
+            images,
+            cache_dir=args.cache_dir,
+            jobs=args.jobs,
+            scheduler=args.scheduler,
+            progress=not args.quiet,
+        )
     out_dir = Path(args.out)
     names = _output_names([item.image_id for item in images])
     results = []

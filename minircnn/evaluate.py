@@ -103,13 +103,15 @@ def evaluate_model(
     detector, dataset, proposals, progress=True, **detect_kwargs
 ) -> tuple[dict, dict]:
     """Detect on every image of ``dataset`` and evaluate -> (results with seconds per
-    image added, detections per image id)."""
+    image added, detections per image id). ``proposals``: one array per image, or None
+    for a Faster R-CNN (its RPN proposes)."""
     from minircnn.detect import detect
 
     per_image, t0 = {}, time.perf_counter()
     for i in ProgressBar(range(len(dataset)), desc="detect", enabled=progress):
+        given = None if proposals is None else proposals[i]
         per_image[dataset[i].image_id] = detect(
-            detector, dataset.load_image(i), proposals[i], **detect_kwargs
+            detector, dataset.load_image(i), given, **detect_kwargs
         )
     seconds = (time.perf_counter() - t0) / max(len(dataset), 1)
     results = evaluate_detections(per_image, dataset)
@@ -211,12 +213,18 @@ def main(argv: list[str] | None = None) -> dict:
         dataset = evaluation_dataset(args.root, args.year, args.split, detector.classes)
     except UnknownClassError as err:
         raise CheckpointError(f"{args.checkpoint}: a model of other classes; {err}") from err
-    proposals = load_or_compute(dataset, progress=not args.quiet)
+    if detector.uses_rpn:  # Faster R-CNN: proposals from its RPN, timed with detection
+        if args.scales and len(args.scales) > 1:
+            raise cli.UsageError("--scales: one scale for an RPN model (it proposes per scale)")
+        proposals, timed = None, "detection including the RPN's proposals"
+    else:
+        proposals = load_or_compute(dataset, progress=not args.quiet)
+        timed = "detection; selective-search proposals cached"
     results, per_image = evaluate_model(
         detector, dataset, proposals, progress=not args.quiet, scales=args.scales
     )
     print_table(results)
-    print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image (detection, proposals cached)")
+    print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image ({timed})")
     run = Path(args.checkpoint).parent.name
     out_dir = Path("runs") / (args.name or f"{run}/eval_{args.split}")  # val and test apart
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -272,6 +272,7 @@ class FastRCNN(_Network):
     into the trainable convs."""
 
     kind = "fast_rcnn"
+    proposal_method = "selective_search"  # external proposals (FasterRCNN: "rpn")
 
     def __init__(self, config: ModelConfig, rng=None, dtype=np.float32) -> None:
         rng = rng if rng is not None else np.random.default_rng(0)
@@ -320,10 +321,14 @@ class FastRCNN(_Network):
     def backward(self, dcls: np.ndarray, dbbox: np.ndarray) -> None:
         """Figure 1, right to left: the gradients of the two heads' outputs flow into fc7,
         fc6, back through RoI pooling's argmax (section 2.3) into the trainable convs."""
+        self.backbone.backward(self.backward_to_features(dcls, dbbox))
+
+    def backward_to_features(self, dcls: np.ndarray, dbbox: np.ndarray) -> np.ndarray:
+        """The heads' gradients -> the feature map's gradient ``[N, C, H/s, W/s]`` (through
+        fc7, fc6 and RoI pooling), without the backbone: Faster R-CNN adds the RPN's."""
         dx = self.cls_score.backward(dcls) + self.bbox_pred.backward(dbbox)  # [R, fc7]
         dpooled = self.head.backward(dx).reshape(self._pooled_shape)  # -> [R, C, P, P]
-        dfeatures = self.roi_pool.backward(dpooled)  # [N, C, H/s, W/s]
-        self.backbone.backward(dfeatures)
+        return self.roi_pool.backward(dpooled)  # [N, C, H/s, W/s]
 
     def named_layers(self):
         return [

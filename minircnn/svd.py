@@ -49,7 +49,7 @@ def truncated_svd(layer: Linear, rank: int) -> LowRankLinear:
 
 
 def compress_model(model, rank: float):
-    """A copy of a FastRCNN with fc6 and fc7 replaced by truncated SVDs.
+    """A copy of a FastRCNN (or a FasterRCNN) with fc6 and fc7 replaced by truncated SVDs.
 
     ``rank >= 1`` keeps that many singular values; ``0 < rank < 1`` keeps that fraction of
     each layer's full rank (e.g. 0.25). For detection only (no backward).
@@ -57,7 +57,7 @@ def compress_model(model, rank: float):
     if rank <= 0:
         raise ValueError(f"compress_model: rank must be > 0, got {rank}")
     model = copy.deepcopy(model)
-    head = model.head
+    head = model.fast.head if hasattr(model, "fast") else model.head
     for name in ("fc6", "fc7"):
         layer = getattr(head, name)
         full = min(layer.in_features, layer.out_features)

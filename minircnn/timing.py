@@ -59,7 +59,11 @@ def time_calls(timer: StageTimer, name: str, obj, *methods: str) -> None:
 
 def instrument_fast_rcnn(model, timer: StageTimer) -> StageTimer:
     """Time a FastRCNN's stages: ``conv_forward``, ``conv_backward``, ``roi_pool``
-    (forward + backward) and ``fc`` (fc6/fc7 and both heads, forward + backward)."""
+    (forward + backward) and ``fc`` (fc6/fc7 and both heads, forward + backward). A
+    FasterRCNN's Fast R-CNN part likewise, plus ``rpn`` (its head, forward + backward)."""
+    if hasattr(model, "rpn"):  # FasterRCNN: a FastRCNN (``fast``) and an RPN head
+        time_calls(timer, "rpn", model.rpn, "forward", "backward")
+        model = model.fast
     time_calls(timer, "conv_forward", model.backbone, "forward")
     time_calls(timer, "conv_backward", model.backbone, "backward")
     time_calls(timer, "roi_pool", model.roi_pool, "forward", "backward")

@@ -80,13 +80,17 @@ def save_detection_grid(dataset, per_image: dict, path, n: int = 8, min_score: f
 
 
 def plot_losses(log: list[dict], path) -> Path | None:
-    """Loss terms of a training log (rows with iteration, loss, loss_cls, loss_loc)
-    against iteration, as a moving average over 20 iterations, saved as PNG."""
+    """Loss terms of a training log (rows with iteration, loss, loss_cls, loss_loc, and
+    loss_rpn_cls, loss_rpn_reg for Faster R-CNN) against iteration, as a moving average
+    over 20 iterations, saved as PNG."""
     if not log:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5))
     its = np.array([r["iteration"] for r in log])
-    for key, label in (("loss", "total"), ("loss_cls", "L_cls"), ("loss_loc", "L_loc")):
+    terms = [("loss", "total"), ("loss_cls", "L_cls"), ("loss_loc", "L_loc")]
+    if "loss_rpn_cls" in log[0]:
+        terms += [("loss_rpn_cls", "RPN L_cls"), ("loss_rpn_reg", "RPN L_reg")]
+    for key, label in terms:
         values = np.array([r[key] for r in log])
         k = min(20, len(values))
         smooth = np.convolve(values, np.ones(k) / k, mode="valid")

@@ -100,7 +100,8 @@ def class_specific_targets(
 class HierarchicalSampler:
     """Mini-batches of N images x R/N RoIs from a dataset and its proposals.
 
-    Per image, the candidates are its proposals plus its ground-truth boxes (so every
+    Per image, the candidates are its proposals (None: none yet, for proposals made during
+    training, ``batch_from_proposals``) plus its ground-truth boxes (so every
     image with an object has foreground), and each candidate's best IoU and matched
     ground truth are computed once. An image with no usable candidate (no object and no
     proposal in the background range) can teach nothing: it is left out with a warning
@@ -115,6 +116,8 @@ class HierarchicalSampler:
         preprocessing: Preprocessing,
         rng: np.random.Generator,
     ) -> None:
+        if proposals is None:  # proposals come during training (RPN): ground truth only
+            proposals = [np.zeros((0, 4), np.float32)] * len(dataset)
         if len(proposals) != len(dataset):
             raise ValueError(f"{len(proposals)} proposal sets for {len(dataset)} images")
         self.dataset, self.config, self.rng = dataset, config, rng
@@ -123,10 +126,10 @@ class HierarchicalSampler:
         self.candidates, self.max_iou, self.matched = [], [], []
         for item, boxes in zip(dataset, proposals, strict=True):
             cand = np.vstack([item.boxes, boxes]).astype(np.float32)
-            iou = box_iou(cand, item.boxes) if len(item.boxes) else np.zeros((len(cand), 1))
-            self.max_iou.append(iou.max(axis=1))  # [P+G]
-            self.matched.append(iou.argmax(axis=1))  # [P+G], index into item.boxes
+            cand, max_iou, matched = _match(cand, item.boxes)
             self.candidates.append(cand)
+            self.max_iou.append(max_iou)  # [P+G]
+            self.matched.append(matched)  # [P+G], index into item.boxes
         usable = [bool(np.any(m >= config.bg_iou_lo)) for m in self.max_iou]
         self.usable = np.flatnonzero(usable)
         unusable = [dataset[i].image_id for i in np.flatnonzero(~np.array(usable, bool))]
@@ -161,35 +164,91 @@ class HierarchicalSampler:
             self._images[key] = (x, scale)
         return self._images[key]
 
-    def batch(self, indices) -> MiniBatch:
-        """Sample R/N RoIs from each of the images ``indices`` and assemble the batch."""
+    def view(self, i: int) -> "ImageView":
+        """Image i as one training step sees it: mirrored with probability 0.5 and
+        rescaled to a (random, for multi-scale training) shorter side."""
         c, pre = self.config, self.preprocessing
-        per_image = c.rois_per_batch // len(indices)
-        images, rois, labels, targets, weights = [], [], [], [], []
+        scales = c.train_scales or (pre.short_side,)
+        flip = c.flip and self.rng.random() < 0.5
+        image, scale = self.image(i, scales[int(self.rng.integers(len(scales)))], flip)
+        return ImageView(int(i), image, scale, bool(flip))
+
+    def gt_boxes(self, view: "ImageView") -> np.ndarray:
+        """The ground-truth boxes ``[G, 4]`` of a view in its input pixels (mirrored if
+        the view is, then scaled): what the RPN's anchor targets are computed against."""
+        item = self.dataset[view.index]
+        boxes = flip_boxes(item.boxes, item.width) if view.flip else item.boxes
+        return (boxes * view.scale).astype(np.float32).reshape(-1, 4)
+
+    def batch(self, indices) -> MiniBatch:
+        """Sample R/N RoIs from each of the images ``indices`` (among their selective-search
+        proposals and ground truth) and assemble the batch."""
+        views, parts = [], []
         for b, i in enumerate(indices):
-            item = self.dataset[i]
-            scales = c.train_scales or (pre.short_side,)
-            flip = c.flip and self.rng.random() < 0.5
-            image, scale = self.image(i, scales[int(self.rng.integers(len(scales)))], flip)
-            keep, is_fg = sample_rois(self.max_iou[i], per_image, c, self.rng)
-            boxes = self.candidates[i][keep]  # [n, 4], original pixels
-            matched = self.matched[i][keep]
-            gt = item.boxes[matched] if len(item.boxes) else boxes  # only fg rows are used
-            lab = roi_labels(item.labels[matched] if len(item.boxes) else 0, is_fg)
-            if flip:  # the image was mirrored in original pixels, so are its boxes
-                boxes, gt = flip_boxes(boxes, item.width), flip_boxes(gt, item.width)
-            t, w = class_specific_targets(
-                boxes, gt, lab, self.num_classes, pre.target_means, pre.target_stds
-            )
-            images.append(image)
-            rois.append(np.column_stack([np.full(len(keep), b), boxes * scale]))
-            labels.append(lab)
-            targets.append(t)
-            weights.append(w)
-        return MiniBatch(
-            pad_batch(images),
-            np.concatenate(rois).astype(np.float32),
-            np.concatenate(labels),
-            np.concatenate(targets),
-            np.concatenate(weights),
+            views.append(self.view(i))
+            candidates = self.candidates[i], self.max_iou[i], self.matched[i]
+            parts.append(self._sample(b, views[-1], *candidates, len(indices)))
+        return _assemble(views, parts)
+
+    def batch_from_proposals(self, views: list["ImageView"], rois: np.ndarray) -> MiniBatch:
+        """The same sampling on proposals made during training (Faster R-CNN's RPN):
+        ``rois [P, 5]`` (batch index, box in the views' input pixels). Each view's
+        candidates are its ground truth plus its proposals, mapped back to original
+        pixels (unscaled, unmirrored)."""
+        parts = []
+        for b, view in enumerate(views):
+            item = self.dataset[view.index]
+            boxes = rois[rois[:, 0] == b, 1:] / view.scale
+            if view.flip:
+                boxes = flip_boxes(boxes, item.width)
+            candidates = _match(np.vstack([item.boxes, boxes]).astype(np.float32), item.boxes)
+            parts.append(self._sample(b, view, *candidates, len(views)))
+        return _assemble(views, parts)
+
+    def _sample(self, b, view, candidates, max_iou, matched, n_images) -> tuple:
+        """Image ``b`` of a batch: RoIs sampled among ``candidates [M, 4]`` (original
+        pixels) -> (rois [n, 5] in input pixels, labels, targets, weights)."""
+        c, pre = self.config, self.preprocessing
+        item = self.dataset[view.index]
+        keep, is_fg = sample_rois(max_iou, c.rois_per_batch // n_images, c, self.rng)
+        boxes = candidates[keep]  # [n, 4], original pixels
+        matched = matched[keep]
+        gt = item.boxes[matched] if len(item.boxes) else boxes  # only fg rows are used
+        lab = roi_labels(item.labels[matched] if len(item.boxes) else 0, is_fg)
+        if view.flip:  # the image was mirrored in original pixels, so are its boxes
+            boxes, gt = flip_boxes(boxes, item.width), flip_boxes(gt, item.width)
+        t, w = class_specific_targets(
+            boxes, gt, lab, self.num_classes, pre.target_means, pre.target_stds
         )
+        rois = np.column_stack([np.full(len(keep), b), boxes * view.scale])
+        return rois, lab, t, w
+
+
+@dataclass
+class ImageView:
+    """An image as one training step sees it: index into the data set, network input
+    ``[3, H', W']`` float32, scale (input over original pixels), whether it is mirrored."""
+
+    index: int
+    image: np.ndarray
+    scale: float
+    flip: bool
+
+
+def _match(candidates: np.ndarray, gt_boxes: np.ndarray) -> tuple:
+    """(candidates [M, 4], each one's best IoU with ``gt_boxes`` [M], the index of that
+    ground truth [M]); with no ground truth, IoU 0 everywhere."""
+    iou = box_iou(candidates, gt_boxes) if len(gt_boxes) else np.zeros((len(candidates), 1))
+    return candidates, iou.max(axis=1), iou.argmax(axis=1)
+
+
+def _assemble(views: list[ImageView], parts: list[tuple]) -> MiniBatch:
+    """Pad the views' images to one size and concatenate their RoIs, labels and targets."""
+    rois, labels, targets, weights = zip(*parts, strict=True)
+    return MiniBatch(
+        pad_batch([v.image for v in views]),
+        np.concatenate(rois).astype(np.float32),
+        np.concatenate(labels),
+        np.concatenate(targets),
+        np.concatenate(weights),
+    )

@@ -5,7 +5,7 @@ cell, k = A anchors (reference boxes of several scales and aspect ratios) each g
 objectness score and a box regression. Modules, following the data:
 
     anchors.py   AnchorConfig, base_anchors, grid_anchors; the anchor-row layout of conv maps
-    targets.py   label_anchors -> sample_anchors -> anchor_targets (section 3.1.2)
+    targets.py   label_anchors -> sample_anchors -> anchor_targets (section 3.1.2), per batch
     head.py      RPNHead (3x3 conv + ReLU, sibling 1x1 convs), RPNLoss (eq. 1)
     proposal.py  RPNProposalConfig, propose (decode, clip, min size, top-N, NMS 0.7)
 
@@ -26,6 +26,7 @@ from minircnn.rpn.targets import (
     AnchorTargetConfig,
     AnchorTargets,
     anchor_targets,
+    batch_anchor_targets,
     inside_image,
     label_anchors,
     sample_anchors,
@@ -42,6 +43,7 @@ __all__ = [
     "anchor_rows_to_map",
     "anchor_targets",
     "base_anchors",
+    "batch_anchor_targets",
     "grid_anchors",
     "inside_image",
     "label_anchors",

@@ -159,3 +159,20 @@ def anchor_targets(
         bbox_targets[pos] = bbox_encode(anchors[pos], gt_boxes[matched[pos]])
         bbox_weights[pos] = 1.0
     return AnchorTargets(labels, bbox_targets, bbox_weights)
+
+
+def batch_anchor_targets(
+    anchors: np.ndarray,
+    gt_boxes: list[np.ndarray],
+    image_sizes,
+    rng: np.random.Generator,
+    config: AnchorTargetConfig = AnchorTargetConfig(),
+) -> AnchorTargets:
+    """``anchor_targets`` of each image of a batch, stacked for ``RPNLoss``: labels
+    ``[N, M]``, bbox_targets and bbox_weights ``[N, M, 4]``. gt_boxes: N arrays ``[G, 4]``
+    in input pixels; image_sizes: N (height, width) of the inputs before padding."""
+    per_image = [
+        anchor_targets(anchors, gt, h, w, rng, config)
+        for gt, (h, w) in zip(gt_boxes, image_sizes, strict=True)
+    ]
+    return AnchorTargets(*(np.stack(arrays) for arrays in zip(*per_image, strict=True)))

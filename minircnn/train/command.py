@@ -10,6 +10,7 @@ import numpy as np
 from minircnn import cli
 from minircnn.data.sampling import SamplerConfig
 from minircnn.data.voc import UnknownClassError, VOCDataset
+from minircnn.faster_rcnn import RPNConfig
 from minircnn.model import ModelConfig
 from minircnn.pretrain import PretrainConfig
 from minircnn.train.fit import fit
@@ -44,8 +45,17 @@ def build_parser() -> cli.ArgumentParser:
         metavar="local|tcp://HOST:8786",
         help="selective search on Dask (see python -m minircnn.proposals --help)",
     )
+    data.add_argument(
+        "--proposals",
+        choices=("selective-search", "rpn"),
+        default="selective-search",
+        help="selective-search: Fast R-CNN on cached selective-search proposals (default); "
+        "rpn: Faster R-CNN, whose region proposal network is trained with it",
+    )
     run = p.add_argument_group("run")
-    run.add_argument("--name", help="run folder under runs/ (default: tiny or voc)")
+    run.add_argument(
+        "--name", help="run folder under runs/ (default: tiny or voc, -rpn added with rpn)"
+    )
     run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     run.add_argument("--epochs", type=cli.positive_int, help=f"default {TrainConfig.epochs}")
     run.add_argument(
@@ -76,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             f"argument --max-images: {args.max_images} is fewer than the "
             f"{sampler_config.images_per_batch} images of one mini-batch"
         )
-    run_dir = Path("runs") / (args.name or ("tiny" if args.tiny else "voc"))
+    rpn = args.proposals == "rpn"
+    default_name = ("tiny" if args.tiny else "voc") + ("-rpn" if rpn else "")
+    run_dir = Path("runs") / (args.name or default_name)
     if args.resume:  # fail before generating or reading any data
         if not (run_dir / CHECKPOINT_NAME).exists():
             raise cli.UsageError(f"--resume: no checkpoint at {run_dir / CHECKPOINT_NAME}")
@@ -131,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs=args.jobs,
             progress=not args.quiet,
             scheduler=args.scheduler,
+            rpn_config=RPNConfig() if rpn else None,
         )
     except TrainingDiverged as err:  # not bad input: status 1
         print(f"error: {err}", file=sys.stderr)

@@ -10,9 +10,11 @@ import numpy as np
 from minircnn.data.image import Preprocessing, pixel_statistics
 from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
 from minircnn.data.voc import VOCDataset
+from minircnn.faster_rcnn import FasterRCNN, RPNConfig
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.pretrain import PretrainConfig, load_or_pretrain
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
+from minircnn.train.joint import JointTrainer
 from minircnn.train.trainer import TrainConfig, Trainer
 
 
@@ -31,6 +33,7 @@ def fit(
     jobs: int = -1,
     progress: bool = True,
     scheduler: str | None = None,
+    rpn_config: RPNConfig | None = None,
 ) -> Trainer:
     """The whole training procedure on ``dataset``: proposals (cached), pixel statistics,
     classifier pre-training (cached) and conversion (section 2.2), then fine-tuning into
@@ -38,16 +41,20 @@ def fit(
     Preprocessing's ``short_side`` / ``max_side``. Returns the Trainer (its ``model`` is
     the trained FastRCNN); ``trainer.wall`` holds the seconds each phase took. ``jobs`` and
     ``scheduler`` say where selective search runs (``proposals.cache.load_or_compute``).
+    With an ``rpn_config``, trains a Faster R-CNN instead (its RPN makes the proposals,
+    ``minircnn.train.joint``): no selective search at all.
     Raises TrainingDiverged, or SchedulerError for an unusable ``scheduler``."""
     train_config = train_config or TrainConfig()
     pretrain_config = pretrain_config or PretrainConfig()
     sampler_config = sampler_config or SamplerConfig()
     proposal_config = proposal_config or ProposalConfig()
     wall, t0 = {}, time.perf_counter()
-    proposals = load_or_compute(
-        dataset, proposal_config, proposal_cache, jobs, scheduler, progress=progress
-    )
-    wall["proposals"], t0 = time.perf_counter() - t0, time.perf_counter()
+    proposals = None  # Faster R-CNN makes its own during training
+    if rpn_config is None:
+        proposals = load_or_compute(
+            dataset, proposal_config, proposal_cache, jobs, scheduler, progress=progress
+        )
+        wall["proposals"], t0 = time.perf_counter() - t0, time.perf_counter()
     mean, std = pixel_statistics(dataset)
     preprocessing = Preprocessing(tuple(mean), tuple(std), **(image_sizes or {}))
     model_config = model_config or ModelConfig(num_classes=dataset.num_classes)
@@ -55,7 +62,10 @@ def fit(
     classifier = load_or_pretrain(
         dataset, model_config, preprocessing, pretrain_config, pretrain_cache, progress
     )
-    model = FastRCNN.from_classifier(classifier, model_config, rng)
+    if rpn_config is None:
+        model = FastRCNN.from_classifier(classifier, model_config, rng)
+    else:
+        model = FasterRCNN.from_classifier(classifier, model_config, rpn_config, rng)
     wall["pre-training"], t0 = time.perf_counter() - t0, time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -65,7 +75,8 @@ def fit(
         "train": asdict(train_config),
         "pretrain": asdict(pretrain_config),
         "sampler": asdict(sampler_config),
-        "proposals": asdict(proposal_config),
+        "proposals": asdict(proposal_config) if rpn_config is None else "rpn",
+        "rpn": asdict(rpn_config) if rpn_config is not None else None,
         "preprocessing": asdict(preprocessing),
         "data": {
             "root": str(dataset.root),
@@ -76,7 +87,8 @@ def fit(
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     sampler = HierarchicalSampler(dataset, proposals, sampler_config, preprocessing, rng)
-    trainer = Trainer(model, sampler, train_config, run_dir, header, rng)
+    trainer_class = Trainer if rpn_config is None else JointTrainer
+    trainer = trainer_class(model, sampler, train_config, run_dir, header, rng)
     if resume:
         trainer.resume(trainer.checkpoint_path)
         print(f"resumed from {trainer.checkpoint_path} at epoch {trainer.epoch}")

@@ -21,6 +21,7 @@ from minircnn.layers.losses import LossTuple, MultiTaskLoss
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.optim import SGD, SGDConfig
 from minircnn.progress import ProgressBar
+from minircnn.rpn import RPNLossTuple
 from minircnn.timing import StageTimer, instrument_fast_rcnn, time_calls
 
 CHECKPOINT_NAME = "checkpoint.npz"  # in the run folder
@@ -43,11 +44,13 @@ class TrainConfig:
 
 
 class StepResult(NamedTuple):
-    """What one iteration reports: the loss terms, the gradient norm, the RoI accuracy."""
+    """What one iteration reports: the loss terms, the gradient norm, the RoI accuracy,
+    and (Faster R-CNN) the RPN's loss terms."""
 
     losses: LossTuple
     grad_norm: float
     accuracy: float
+    rpn_losses: RPNLossTuple | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -103,17 +106,17 @@ class Trainer:
         accuracy = float(np.mean(cls_score.argmax(axis=1) == batch.labels))
         return StepResult(losses, grad_norm, accuracy)
 
-    def _stop_if_diverged(self, losses: LossTuple) -> None:
-        if np.isfinite(losses.total):
+    def _stop_if_diverged(self, *losses) -> None:
+        """Raise TrainingDiverged unless every loss tuple's total is finite."""
+        if all(np.isfinite(term.total) for term in losses):
             return
+        total = sum(term.total for term in losses)
         kept = (
             f"the last good checkpoint is kept at {self.checkpoint_path}"
             if self._saved
             else "no checkpoint had been written yet (one is written after each epoch)"
         )
-        raise TrainingDiverged(
-            f"loss is {losses.total} at iteration {self.iteration}; stopped, {kept}"
-        )
+        raise TrainingDiverged(f"loss is {total} at iteration {self.iteration}; stopped, {kept}")
 
     def run(self, progress: bool = True) -> list[dict]:
         """Train from the current epoch to ``config.epochs``; returns the log rows."""
@@ -129,9 +132,11 @@ class Trainer:
                 self.steps_done += 1
                 self.log.append(_log_row(self.iteration - 1, epoch, result, lr))
                 rate = done * len(indices) / max(time.perf_counter() - t_epoch, 1e-9)
-                losses = result.losses
+                losses, shown = result.losses, {}
+                if result.rpn_losses is not None:
+                    shown = {"rpn": f"{result.rpn_losses.total:.3f}"}
                 bar.set_postfix(
-                    cls=f"{losses.cls:.3f}", loc=f"{losses.loc:.3f}", img_s=f"{rate:.1f}"
+                    **shown, cls=f"{losses.cls:.3f}", loc=f"{losses.loc:.3f}", img_s=f"{rate:.1f}"
                 )
             self.epoch = epoch + 1
             self.save()
@@ -179,6 +184,10 @@ class Trainer:
     def _refuse_another_run(self, header: dict, path) -> None:
         """An exact resume needs the same run: the same schedule (only ``epochs`` may
         grow), sampling and preprocessing; anything else is refused, naming what differs."""
+        if header.get("kind") != self.model.kind:
+            raise CheckpointError(
+                f"{path}: a {header.get('kind')} checkpoint, this run trains a {self.model.kind}"
+            )
         state = header["train_state"]
         ours = {
             "train_config": {k: v for k, v in asdict(self.config).items() if k != "epochs"},
@@ -218,17 +227,21 @@ def read_resume_state(
 
 
 def _log_row(iteration: int, epoch: int, result: StepResult, lr: float) -> dict:
-    losses = result.losses
-    return {
+    """One row of log.csv; ``loss`` is the whole objective (with the RPN's, if any)."""
+    losses, rpn = result.losses, result.rpn_losses
+    row = {
         "iteration": iteration,
         "epoch": epoch,
-        "loss": losses.total,
+        "loss": losses.total + (rpn.total if rpn is not None else 0.0),
         "loss_cls": losses.cls,
         "loss_loc": losses.loc,
         "accuracy": result.accuracy,
         "grad_norm": result.grad_norm,
         "lr": lr,
     }
+    if rpn is not None:
+        row.update(loss_rpn_cls=rpn.cls, loss_rpn_reg=rpn.reg)
+    return row
 
 
 def _write_log(path, rows) -> None:

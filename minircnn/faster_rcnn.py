@@ -1,0 +1,138 @@
+"""Faster R-CNN (Ren et al., NIPS 2015): Fast R-CNN whose proposals come from a region
+proposal network on its own feature map, so proposals cost almost nothing.
+
+    image [N, 3, H, W] -> backbone convs -> feature map [N, C, H/s, W/s]      (once)
+        -> RPN head -> objectness [N, 2A, H/s, W/s], deltas [N, 4A, H/s, W/s]
+           -> proposals: decode at the anchors, clip, NMS 0.7, top-N     (no gradient)
+        -> RoI pooling of the proposals -> fc6 -> fc7 -> the two heads  (Fast R-CNN)
+
+The backbone, RoI pooling and heads are a ``FastRCNN``'s (``self.fast``); the RPN
+(``minircnn.rpn``) adds a 3x3 conv and two 1x1 convs. Trained by approximate joint
+training (section 3.2): the RPN loss and the Fast R-CNN loss both flow into the shared
+convs, and the proposals are treated as constants (``minircnn.train.joint``).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minircnn.model import Classifier, FastRCNN, ModelConfig, _Network
+from minircnn.rpn import (
+    AnchorConfig,
+    AnchorTargetConfig,
+    RPNHead,
+    RPNProposalConfig,
+    grid_anchors,
+    propose_batch,
+)
+
+
+@dataclass(frozen=True)
+class RPNConfig:
+    """Everything about the RPN that a checkpoint must remember; comments give the paper's."""
+
+    anchors: AnchorConfig = AnchorConfig()  # 3 scales x 3 ratios (here 4 x 3, see there)
+    targets: AnchorTargetConfig = AnchorTargetConfig()  # IoU 0.7 / 0.3, 256 per image
+    proposals: RPNProposalConfig = RPNProposalConfig()  # NMS 0.7, top-N before and after
+    loss_weight: float = 10.0  # lambda of the RPN's eq. 1 (paper: 10)
+    mid_channels: int | None = None  # the 3x3 conv's width (paper: the backbone's)
+
+
+class FasterRCNN(_Network):
+    """Faster R-CNN on minircnn's layers. The stages are separate methods because the
+    proposals are made between them (and are constants for what follows):
+
+    - ``forward_rpn(images)`` -> (features, rpn_scores, rpn_deltas)
+    - ``proposals(rpn_scores, rpn_deltas, image_sizes, scales, training)`` -> RoIs
+    - ``forward_head(features, rois)`` -> (cls_score, bbox_pred), as ``FastRCNN``
+    - ``backward(dcls, dbbox, drpn_scores, drpn_deltas)``: both losses into the convs.
+    """
+
+    kind = "faster_rcnn"
+    proposal_method = "rpn"
+
+    def __init__(
+        self, config: ModelConfig, rpn_config: RPNConfig = RPNConfig(), rng=None, dtype=np.float32
+    ) -> None:
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.config, self.rpn_config = config, rpn_config
+        self.fast = FastRCNN(config, rng, dtype)
+        self.rpn = RPNHead(
+            self.fast.backbone.out_channels,
+            rpn_config.anchors.num_anchors,
+            rpn_config.mid_channels,
+            dtype=dtype,
+            rng=rng,
+        )
+        self._anchors: dict[tuple[int, int], np.ndarray] = {}
+
+    @classmethod
+    def from_classifier(
+        cls, classifier: Classifier, config: ModelConfig, rpn_config: RPNConfig, rng=None
+    ) -> "FasterRCNN":
+        """Fast R-CNN's conversion (section 2.2) of the shared layers; the RPN is new
+        (N(0, 0.01^2) weights, Faster R-CNN section 3.1.3)."""
+        model = cls(config, rpn_config, rng)
+        model.fast = FastRCNN.from_classifier(classifier, config, rng)
+        return model
+
+    def anchors(self, height: int, width: int) -> np.ndarray:
+        """The anchors ``[height*width*A, 4]`` of a feature map of that size (cached)."""
+        key = (height, width)
+        if key not in self._anchors:
+            self._anchors[key] = grid_anchors(
+                height, width, self.config.stride, self.rpn_config.anchors
+            )
+        return self._anchors[key]
+
+    def forward_rpn(self, images: np.ndarray):
+        """images ``[N, 3, H, W]`` -> (features ``[N, C, H/s, W/s]``, rpn_scores
+        ``[N, 2A, H/s, W/s]``, rpn_deltas ``[N, 4A, H/s, W/s]``): the one conv pass that
+        both the RPN and Fast R-CNN's head use."""
+        features = self.fast.backbone.forward(images)
+        rpn_scores, rpn_deltas = self.rpn.forward(features)
+        return features, rpn_scores, rpn_deltas
+
+    def proposals(self, rpn_scores, rpn_deltas, image_sizes, scales, training: bool):
+        """RoIs ``[R, 5]`` (batch index, x1, y1, x2, y2 in input pixels) and their
+        objectness ``[R]`` from the RPN's outputs (``rpn.propose_batch``); ``image_sizes``:
+        each input's (height, width) before padding; ``scales``: input over original."""
+        _, _, h, w = rpn_scores.shape
+        return propose_batch(
+            rpn_scores,
+            rpn_deltas,
+            self.anchors(h, w),
+            image_sizes,
+            scales,
+            self.rpn_config.proposals,
+            training,
+        )
+
+    def forward_head(self, features: np.ndarray, rois: np.ndarray):
+        """Fast R-CNN on the shared features: RoI pooling of ``rois [R, 5]`` -> fc6, fc7
+        -> (cls_score ``[R, K+1]``, bbox_pred ``[R, 4(K+1)]``)."""
+        return self.fast.classify(self.fast.roi_pool.forward(features, rois))
+
+    def backward(self, dcls, dbbox, drpn_scores, drpn_deltas) -> None:
+        """Both losses' gradients meet on the shared feature map (approximate joint
+        training: nothing flows through the proposals' coordinates) and go into the convs."""
+        dfeatures = self.fast.backward_to_features(dcls, dbbox)
+        dfeatures += self.rpn.backward(drpn_scores, drpn_deltas)
+        self.fast.backbone.backward(dfeatures)
+
+    def named_layers(self):
+        return [*self.fast.named_layers(), *self.rpn.named_layers()]
+
+    def trainable_names(self):
+        return [*self.fast.trainable_names(), *self.rpn.trainable_names()]
+
+    def _dropouts(self):
+        return self.fast._dropouts()
+
+    def train_flops(self, images_shape: tuple, n_rois: int) -> float:
+        """FLOPs of one joint training step: Fast R-CNN's plus the RPN head's three convs
+        (forward, dW and dx) on the feature map."""
+        n, _, height, width = images_shape
+        h, w = height // self.config.stride, width // self.config.stride
+        per_cell = sum(conv.params["weight"].size for _, conv in self.rpn.named_layers())
+        return self.fast.train_flops(images_shape, n_rois) + 3 * 2 * n * h * w * per_cell
