@@ -138,3 +138,13 @@ def test_nms_bad_input():
         nms(np.zeros((1, 4)), np.array([np.nan]), 0.5)
     with pytest.raises(ValueError, match="iou_threshold"):
         nms(np.zeros((1, 4)), np.zeros(1), 1.5)
+
+
+@pytest.mark.parametrize("max_keep", [0, 1, 7, 40, 1000])
+def test_nms_stopped_early_keeps_the_first_of_a_full_pass(max_keep):
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 80, (300, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(4, 30, (300, 2))])
+    scores = rng.random(300)
+    full = nms(boxes, scores, 0.5)
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5, max_keep=max_keep), full[:max_keep])

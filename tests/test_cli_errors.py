@@ -23,6 +23,7 @@ from minircnn import cli
 from minircnn.checkpoint import save_checkpoint
 from minircnn.data import toyvoc
 from minircnn.data.image import Preprocessing
+from minircnn.faster_rcnn import FasterRCNN
 from minircnn.model import Classifier, FastRCNN, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ CASES = [
     ("train", "--voc-root toy --split nope", "nope.txt"),
     ("train", "--voc-root toy --classes disc,plane", "--classes disc,plane"),
     ("train", "--voc-root toy --name other --resume", "runs/other/checkpoint.npz"),
+    ("train", "--tiny --proposals edge-boxes", "--proposals"),
     # evaluate: arguments, then each kind of bad checkpoint, then the data set
     ("evaluate", "--checkpoint good.npz --root toy --svd-rank 2.5", "--svd-rank"),
     ("evaluate", "--checkpoint good.npz --root toy --scales 0,-5", "--scales"),
@@ -67,6 +69,7 @@ CASES = [
     ("evaluate", "--checkpoint array.npy --root toy", "array.npy"),
     ("evaluate", "--checkpoint version1.npz --root toy", "version1.npz"),
     ("evaluate", "--checkpoint otherclasses.npz --root toy", "otherclasses.npz"),
+    ("evaluate", "--checkpoint rpn.npz --root toy --scales 64,96", "--scales"),
     # detect
     ("detect", "--checkpoint missing.npz img.jpg", "missing.npz"),
     ("detect", "--checkpoint classifier.npz img.jpg", "classifier.npz"),
@@ -75,6 +78,8 @@ CASES = [
     # the other commands
     ("proposals", "--root toy --jobs 0", "--jobs"),
     ("bench", "--sections nope", "--sections"),
+    ("rpn.compare", "--ss rpn.npz --rpn good.npz --root toy", "--ss rpn.npz"),
+    ("rpn.compare", "--ss good.npz --rpn missing.npz --root toy", "missing.npz"),
     ("data.voc", "--check nowhere", "--check nowhere"),
     ("data.toyvoc", "--out gen --train -3", "--train"),
     ("data.toyvoc", "--out gen --min-size 300", "--max-size 256"),
@@ -92,6 +97,7 @@ def make_inputs(work: Path) -> None:
     np.save(work / "array.npy", np.zeros(3))
     np.savez(work / "version1.npz", header=np.array(json.dumps({"version": 1})))
     save_checkpoint(work / "classifier.npz", Classifier(CONFIG), HEADER)
+    save_checkpoint(work / "rpn.npz", FasterRCNN(CONFIG), HEADER)
     other = {**HEADER, "classes": ["cat", "dog", "car", "bus", "cow"]}
     save_checkpoint(work / "otherclasses.npz", FastRCNN(CONFIG), other)
     # a run to --resume whose model is not the one train builds (ModelConfig defaults)

@@ -75,7 +75,9 @@ def test_joint_gradient_float64(frozen):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toyrpn") / "toy"
-    toyvoc.generate(root, seed=2, counts={"train": 4, "val": 0, "test": 0}, min_size=96, max_size=120)
+    toyvoc.generate(
+        root, seed=2, counts={"train": 4, "val": 0, "test": 0}, min_size=96, max_size=120
+    )
     return VOCDataset(root, split="train")
 
 
@@ -135,7 +137,9 @@ def test_rpn_proposals_become_candidates_in_original_pixels(toy):
         assert len(hits) == 2  # the ground truth and the identical proposal
         for r in hits:
             assert batch.labels[r] == label
-            np.testing.assert_allclose(batch.bbox_targets[r, 4 * label : 4 * label + 4], 0, atol=1e-5)
+            np.testing.assert_allclose(
+                batch.bbox_targets[r, 4 * label : 4 * label + 4], 0, atol=1e-5
+            )
     # the shifted proposals: regression towards the left (dx < 0) in the mirrored image
     for box, label in zip(shifted, item.labels, strict=True):
         hits = np.flatnonzero(np.all(np.abs(batch.rois[:, 1:] - box) < 1e-3, axis=1))

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from minircnn.gradcheck import gradcheck
+from minircnn.layers.losses import softmax
 from minircnn.ops.boxes import clip_boxes
 from minircnn.rpn import (
     AnchorConfig,
@@ -19,6 +20,7 @@ from minircnn.rpn import (
     inside_image,
     label_anchors,
     map_to_anchor_rows,
+    objectness,
     propose,
     propose_batch,
     sample_anchors,
@@ -47,7 +49,7 @@ def test_ratio_2_anchor_is_twice_as_tall_with_the_scale_area():
 def test_default_anchors_are_ratio_major_scale_minor():
     config = AnchorConfig()
     base = base_anchors(config, 4).astype(np.float64)
-    assert config.num_anchors == len(base) == 12
+    assert config.num_anchors == len(base) == 6 * 3  # half-octave scales 16..90.5 px
     w, h = base[:, 2] - base[:, 0] + 1, base[:, 3] - base[:, 1] + 1
     for i_r, r in enumerate(config.ratios):
         for i_s, s in enumerate(config.scales):
@@ -330,3 +332,10 @@ def test_rpn_loss_gradcheck_float64_and_ignored_anchors_get_none():
     drows = map_to_anchor_rows(dscores, 2)
     assert np.all(drows[labels == -1] == 0) and np.all(drows[labels >= 0] != 0)
     assert np.all(map_to_anchor_rows(ddeltas, 4)[labels != 1] == 0)
+
+
+def test_objectness_is_the_two_class_softmax_even_at_extremes():
+    rows = np.array([[0.0, 0.0], [2.0, -1.0], [-300.0, 300.0], [300.0, -300.0], [5.0, 5.5]])
+    expected = softmax(rows)[:, 1]
+    np.testing.assert_allclose(objectness(rows), expected, rtol=1e-6, atol=1e-30)
+    assert objectness(rows).dtype == np.float32

@@ -1,5 +1,6 @@
-"""Bench sections for whole stages: selective search, R-CNN against Fast R-CNN, and the
-cold start of training (Numba compilation)."""
+"""Bench sections for whole stages: selective search, R-CNN against Fast R-CNN, R-CNN,
+Fast and Faster R-CNN with their proposals, and the cold start of training (Numba
+compilation)."""
 
 import copy
 import json
@@ -172,6 +173,45 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
         f"SVD 1/4 rank {maps['svd_1/4']:.3f} (difference {maps['full'] - maps['svd_1/4']:+.3f})"
     )
     return {"rows": rows, "stages": stage_rows, "map": maps}
+
+
+# ---------------------------------------------------------------- faster
+@section("faster")
+def bench_faster(
+    quick: bool,
+    threads: int,
+    ss_checkpoint="runs/tiny/checkpoint.npz",
+    rpn_checkpoint="runs/tiny-rpn/checkpoint.npz",
+) -> dict:
+    """Test time per toy image *including proposals*: R-CNN and Fast R-CNN on selective
+    search's boxes (the same weights), and Faster R-CNN with its RPN's."""
+    from minircnn.data.voc import VOCDataset
+    from minircnn.detect import load_detector
+    from minircnn.rpn.compare import time_per_image
+
+    missing = [c for c in (ss_checkpoint, rpn_checkpoint) if not Path(c).exists()]
+    if missing:
+        print(
+            f"\n(no {' or '.join(missing)}: run python -m minircnn.train --tiny and "
+            "python -m minircnn.train --tiny --proposals rpn for this section)"
+        )
+        return {}
+    test = VOCDataset("data/toyvoc", split="test", use_difficult=True)
+    images = [test.load_image(i) for i in range(2 if quick else 10)]
+    timing = time_per_image(load_detector(ss_checkpoint), load_detector(rpn_checkpoint), images)
+    fast = timing["total_ms"]["Fast R-CNN + selective search"]
+    rows = [
+        {"method": name, "ms_per_image": ms, "speedup_vs_fast_ss": fast / ms}
+        for name, ms in timing["total_ms"].items()
+    ]
+    print_table(
+        f"Test time per toy image, proposals included ({len(images)} images)",
+        rows,
+        ["method", "ms_per_image", "speedup_vs_fast_ss"],
+    )
+    stages = [{"stage": k, "ms_per_image": v} for k, v in timing["stages_ms"].items()]
+    print_table("of which", stages, ["stage", "ms_per_image"])
+    return {"rows": rows, "stages": stages}
 
 
 # ---------------------------------------------------------------- cold_start

@@ -12,13 +12,20 @@ from minircnn.ops.boxes import pair_iou
 
 
 @njit(cache=True)
-def _greedy_nms(sorted_boxes, iou_threshold):
-    """sorted_boxes: float64 [B, 4] in visiting order -> bool [B], True where kept."""
+def _greedy_nms(sorted_boxes, iou_threshold, max_keep):
+    """sorted_boxes: float64 [B, 4] in visiting order -> bool [B], True where kept. Stops
+    after ``max_keep`` kept boxes (the rest are not kept): the first ``max_keep`` of a
+    full pass, without visiting every later box."""
     n = sorted_boxes.shape[0]
     keep = np.ones(n, dtype=np.bool_)
+    kept = 0
     for i in range(n):
         if not keep[i]:
             continue
+        if kept == max_keep:
+            keep[i:] = False
+            break
+        kept += 1
         x1, y1, x2, y2 = (
             sorted_boxes[i, 0],
             sorted_boxes[i, 1],
@@ -33,11 +40,15 @@ def _greedy_nms(sorted_boxes, iou_threshold):
     return keep
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_keep: int | None = None
+) -> np.ndarray:
     """Indices (int64) of the boxes kept, by descending score.
 
     boxes: ``[B, 4]``; scores: ``[B]`` finite. A box is dropped when its IoU with a kept,
-    higher-ranked box is ``> iou_threshold``.
+    higher-ranked box is ``> iou_threshold``. ``max_keep``: return only the first that
+    many, and stop there (the RPN keeps 300 of thousands: greedy NMS costs boxes visited
+    x boxes kept).
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)
@@ -50,7 +61,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"nms: iou_threshold must be in [0, 1], got {iou_threshold}")
     order = np.argsort(-scores, kind="stable")  # stable: equal scores keep index order
-    keep = _greedy_nms(np.ascontiguousarray(boxes[order]), float(iou_threshold))
+    limit = len(order) if max_keep is None else int(max_keep)
+    keep = _greedy_nms(np.ascontiguousarray(boxes[order]), float(iou_threshold), limit)
     return order[keep].astype(np.int64)
 
 
