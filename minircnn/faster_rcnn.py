@@ -31,7 +31,7 @@ from minircnn.rpn import (
 class RPNConfig:
     """Everything about the RPN that a checkpoint must remember; comments give the paper's."""
 
-    anchors: AnchorConfig = AnchorConfig()  # 3 scales x 3 ratios (here 4 x 3, see there)
+    anchors: AnchorConfig = AnchorConfig()  # 3 scales x 3 ratios (here 6 x 3, see there)
     targets: AnchorTargetConfig = AnchorTargetConfig()  # IoU 0.7 / 0.3, 256 per image
     proposals: RPNProposalConfig = RPNProposalConfig()  # NMS 0.7, top-N before and after
     loss_weight: float = 10.0  # lambda of the RPN's eq. 1 (paper: 10)

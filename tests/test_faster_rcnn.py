@@ -17,6 +17,7 @@ from minircnn.model import FastRCNN, ModelConfig
 from minircnn.ops.boxes import flip_boxes
 from minircnn.optim import SGDConfig
 from minircnn.rpn import AnchorConfig, RPNLoss, RPNProposalConfig, batch_anchor_targets
+from minircnn.rpn.compare import rpn_proposals, time_per_image
 from minircnn.train import JointTrainer, TrainConfig
 
 TINY = ModelConfig(
@@ -191,3 +192,22 @@ def test_detection_with_the_models_own_proposals():
     fast = Detector(FastRCNN(SMALL).eval(), detector.classes, PRE)
     with pytest.raises(ValueError, match="needs proposals"):
         detect(fast, image)
+
+
+def test_compare_helpers_on_tiny_models(toy):
+    rpn = tiny_faster_detector()
+    proposals = rpn_proposals(rpn, toy, post_nms_top_n=40)
+    assert len(proposals) == len(toy)
+    for item, boxes in zip(toy, proposals, strict=True):
+        assert 0 < len(boxes) <= 40
+        assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= item.width - 1 + 1e-3
+    assert rpn.model.rpn_config == SMALL_RPN  # the detector itself is left as it was
+    fast = Detector(FastRCNN(SMALL).eval(), rpn.classes, PRE)
+    timing = time_per_image(fast, rpn, [toy.load_image(0)], repeats=1)
+    stages = timing["stages_ms"]
+    assert set(stages) == {"selective_search", "fast_rcnn", "faster_rcnn", "rcnn"}
+    totals = timing["total_ms"]
+    assert totals["Fast R-CNN + selective search"] == pytest.approx(
+        stages["selective_search"] + stages["fast_rcnn"]
+    )
+    assert totals["Faster R-CNN (RPN)"] == stages["faster_rcnn"]

@@ -7,7 +7,7 @@ objectness score and a box regression. Modules, following the data:
     anchors.py   AnchorConfig, base_anchors, grid_anchors; the anchor-row layout of conv maps
     targets.py   label_anchors -> sample_anchors -> anchor_targets (section 3.1.2), per batch
     head.py      RPNHead (3x3 conv + ReLU, sibling 1x1 convs), RPNLoss (eq. 1)
-    proposal.py  RPNProposalConfig, propose (decode, clip, min size, top-N, NMS 0.7)
+    proposal.py  RPNProposalConfig, propose (top-N, decode, clip, min size, NMS 0.7)
 
 Boxes follow minircnn's convention (0-based inclusive, README "Conventions"); the IoU,
 box encoding/decoding, clipping and NMS are the ones of ``minircnn.ops``.

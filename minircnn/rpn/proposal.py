@@ -110,7 +110,7 @@ def propose(
     top = np.arange(len(scores))
     if pre_n < len(scores):
         top = np.argpartition(-scores, pre_n - 1)[:pre_n]
-    top = top[np.argsort(-scores[top], kind="stable")]  # by score; ties: anchor order
+    top = top[np.argsort(-scores[top], kind="stable")]  # by descending score
     boxes = clip_boxes(bbox_decode(anchors[top], deltas[top]), height, width)
     widths = boxes[:, 2] - boxes[:, 0] + 1
     heights = boxes[:, 3] - boxes[:, 1] + 1
