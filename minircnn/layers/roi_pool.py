@@ -67,7 +67,10 @@ def roi_pool(
     h_lo, h_hi, w_lo, w_hi = roi_bins(rois, ph, pw, spatial_scale, features.shape, features.dtype)
     out = np.empty((n_rois, n_ch, ph, pw), dtype=features.dtype)
     argmax = np.empty((n_rois, n_ch, ph, pw), dtype=np.int64)
-    _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax)
+    # channels last for the scan: every cell of a bin is then one contiguous run of C
+    # values, compared with C running maxima at once (SIMD), instead of C strided planes
+    channels_last = np.ascontiguousarray(features.transpose(0, 2, 3, 1))  # [N, H, W, C]
+    _roi_pool_kernel(channels_last, batch, h_lo, h_hi, w_lo, w_hi, out, argmax)
     return out, argmax
 
 
@@ -95,30 +98,34 @@ def roi_pool_backward(
 
 @njit(parallel=True, cache=True)
 def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
+    """features: [N, H, W, C] (channels last); out, argmax: [R, C, ph, pw]."""
     n_rois, n_ch, ph, pw = out.shape
-    width = features.shape[3]
-    for rc in prange(n_rois * n_ch):
-        r = rc // n_ch
-        c = rc % n_ch
-        fmap = features[batch[r], c]  # [H, W] plane of this RoI's image and channel
+    width = features.shape[2]
+    for r in prange(n_rois):
+        fmap = features[batch[r]]  # [H, W, C] of this RoI's image
+        best = np.empty(n_ch, dtype=features.dtype)
+        best_idx = np.empty(n_ch, dtype=np.int64)
         for i in range(ph):
             hs, he = h_lo[r, i], h_hi[r, i]
             for j in range(pw):
                 ws, we = w_lo[r, j], w_hi[r, j]
                 if he <= hs or we <= ws:  # empty bin (outside the map)
-                    out[r, c, i, j] = 0.0
-                    argmax[r, c, i, j] = -1
+                    out[r, :, i, j] = 0.0
+                    argmax[r, :, i, j] = -1
                     continue
-                best = fmap[hs, ws]
-                best_idx = hs * width + ws
+                best[:] = fmap[hs, ws]
+                best_idx[:] = hs * width + ws
                 for h in range(hs, he):
                     for w in range(ws, we):
-                        v = fmap[h, w]
-                        if v > best:  # strict: ties keep the first in row-major order
-                            best = v
-                            best_idx = h * width + w
-                out[r, c, i, j] = best
-                argmax[r, c, i, j] = best_idx
+                        cell = fmap[h, w]
+                        flat = h * width + w
+                        for c in range(n_ch):  # branch-free, so that it vectorises
+                            v = cell[c]
+                            larger = v > best[c]  # strict: ties keep the first, row-major
+                            best_idx[c] = flat if larger else best_idx[c]
+                            best[c] = v if larger else best[c]
+                out[r, :, i, j] = best
+                argmax[r, :, i, j] = best_idx
 
 
 @njit(parallel=True, cache=True)

@@ -13,30 +13,35 @@ from minircnn.ops.boxes import pair_iou
 
 @njit(cache=True)
 def _greedy_nms(sorted_boxes, iou_threshold, max_keep):
-    """sorted_boxes: float64 [B, 4] in visiting order -> bool [B], True where kept. Stops
-    after ``max_keep`` kept boxes (the rest are not kept): the first ``max_keep`` of a
-    full pass, without visiting every later box."""
+    """sorted_boxes: float64 [B, 4] in visiting order -> bool [B], True where kept.
+
+    Each box is compared with the boxes kept so far (not with every later box): a box
+    survives iff no kept, higher-ranked box overlaps it above the threshold, which is
+    the greedy rule. The cost is boxes visited x boxes kept, and the loop stops after
+    ``max_keep`` kept boxes (the RPN keeps 300 of 6000)."""
     n = sorted_boxes.shape[0]
-    keep = np.ones(n, dtype=np.bool_)
+    keep = np.zeros(n, dtype=np.bool_)
+    kept_rows = np.empty(min(n, max_keep), dtype=np.int64)
     kept = 0
     for i in range(n):
-        if not keep[i]:
-            continue
         if kept == max_keep:
-            keep[i:] = False
             break
-        kept += 1
         x1, y1, x2, y2 = (
             sorted_boxes[i, 0],
             sorted_boxes[i, 1],
             sorted_boxes[i, 2],
             sorted_boxes[i, 3],
         )
-        for j in range(i + 1, n):
-            if keep[j]:
-                b = sorted_boxes[j]
-                if pair_iou(x1, y1, x2, y2, b[0], b[1], b[2], b[3]) > iou_threshold:
-                    keep[j] = False
+        suppressed = False
+        for k in range(kept):
+            b = sorted_boxes[kept_rows[k]]
+            if pair_iou(b[0], b[1], b[2], b[3], x1, y1, x2, y2) > iou_threshold:
+                suppressed = True
+                break
+        if not suppressed:
+            keep[i] = True
+            kept_rows[kept] = i
+            kept += 1
     return keep
 
 
