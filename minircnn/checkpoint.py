@@ -121,7 +121,7 @@ def load_model(path, expected_config: ModelConfig | None = None):
     if header["kind"] == "faster_rcnn":
         try:
             rpn_config = config_from_dict(RPNConfig, header["rpn"])
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, AttributeError) as err:  # missing, malformed
             raise CheckpointError(f"{path}: no usable RPN configuration ({err!r})") from err
         network = FasterRCNN(config, rpn_config)
     else:

@@ -123,6 +123,9 @@ def score_rpn_proposals(detector: Detector, image, short_side: int | None = None
     x = pre.network_input(image, scale)[None]  # [1, 3, H', W']
     features, rpn_scores, rpn_deltas = model.forward_rpn(x)
     rois, _ = model.proposals(rpn_scores, rpn_deltas, [x.shape[2:]], [scale], training=False)
+    if len(rois) == 0:  # every box below min_size: nothing to score
+        k1 = model.config.num_classes + 1
+        return np.zeros((0, k1), np.float32), np.zeros((0, 4 * k1), np.float32)
     cls_score, bbox_pred = model.forward_head(features, rois)
     proposals = rois[:, 1:] / scale  # back to original pixels, where boxes are decoded
     return decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
@@ -167,7 +170,7 @@ def postprocess(scores, boxes, score_threshold=0.05, nms_threshold=0.3, max_per_
     best ``max_per_image`` detections over all classes."""
     rows, cols = np.nonzero(scores[:, 1:] > score_threshold)  # class 0 is background
     labels = cols + 1
-    cand_boxes = boxes.reshape(len(boxes), -1, 4)[rows, labels]  # [D, 4]
+    cand_boxes = boxes.reshape(len(boxes), scores.shape[1], 4)[rows, labels]  # [D, 4]
     cand_scores = scores[rows, labels]
     keep = batched_nms(cand_boxes, cand_scores, labels, nms_threshold)[:max_per_image]
     return Detections(

@@ -1,10 +1,12 @@
 """Faster R-CNN: the joint gradient in float64, joint training, RPN proposals as training
 candidates, checkpoints that record the RPN, and detection with the model's own proposals."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
-from minircnn.checkpoint import load_model, save_checkpoint
+from minircnn.checkpoint import CheckpointError, load_model, save_checkpoint
 from minircnn.data import toyvoc
 from minircnn.data.image import Preprocessing
 from minircnn.data.sampling import HierarchicalSampler, ImageView, SamplerConfig
@@ -211,3 +213,22 @@ def test_compare_helpers_on_tiny_models(toy):
         stages["selective_search"] + stages["fast_rcnn"]
     )
     assert totals["Faster R-CNN (RPN)"] == stages["faster_rcnn"]
+
+
+def test_resume_refuses_another_rpn_configuration(toy, tmp_path):
+    first = make_joint_trainer(toy, tmp_path, epochs=1)
+    first.run(progress=False)
+    other = make_joint_trainer(toy, tmp_path, epochs=2)
+    other.model.rpn_config = replace(SMALL_RPN, loss_weight=1.0)
+    with pytest.raises(CheckpointError, match="rpn"):
+        other.resume(tmp_path / "checkpoint.npz")
+
+
+def test_no_proposal_left_gives_no_detection():
+    detector = tiny_faster_detector()
+    detector.model.rpn_config = replace(
+        SMALL_RPN, proposals=replace(SMALL_RPN.proposals, min_size=1e6)
+    )
+    image = np.zeros((90, 120, 3), np.uint8)
+    dets = detect(detector, image, score_threshold=0.0)
+    assert len(dets.boxes) == len(dets.scores) == 0

@@ -66,6 +66,8 @@ def nms(
     if not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"nms: iou_threshold must be in [0, 1], got {iou_threshold}")
     order = np.argsort(-scores, kind="stable")  # stable: equal scores keep index order
+    if max_keep is not None and max_keep < 0:
+        raise ValueError(f"nms: max_keep must be >= 0, got {max_keep}")
     limit = len(order) if max_keep is None else int(max_keep)
     keep = _greedy_nms(np.ascontiguousarray(boxes[order]), float(iou_threshold), limit)
     return order[keep].astype(np.int64)

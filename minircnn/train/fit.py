@@ -39,8 +39,9 @@ def fit(
     classifier pre-training (cached) and conversion (section 2.2), then fine-tuning into
     ``run_dir``. Configs left at None take their defaults; ``image_sizes`` may set
     Preprocessing's ``short_side`` / ``max_side``. Returns the Trainer (its ``model`` is
-    the trained FastRCNN); ``trainer.wall`` holds the seconds each phase took. ``jobs`` and
-    ``scheduler`` say where selective search runs (``proposals.cache.load_or_compute``).
+    the trained FastRCNN or FasterRCNN); ``trainer.wall`` holds the seconds each phase
+    took. ``jobs`` and ``scheduler`` say where selective search runs
+    (``proposals.cache.load_or_compute``).
     With an ``rpn_config``, trains a Faster R-CNN instead (its RPN makes the proposals,
     ``minircnn.train.joint``): no selective search at all.
     Raises TrainingDiverged, or SchedulerError for an unusable ``scheduler``."""

@@ -24,6 +24,7 @@ class JointTrainer(Trainer):
     def __init__(self, model: FasterRCNN, *args, **kwargs) -> None:
         super().__init__(model, *args, **kwargs)
         self.rpn_loss = RPNLoss(model.rpn_config.loss_weight)
+        time_calls(self.timer, "sampling", self.sampler, "view", "batch_from_proposals")
         time_calls(self.timer, "rpn_targets", self, "_anchor_targets")
         time_calls(self.timer, "proposals", model, "proposals")
         time_calls(self.timer, "loss", self.rpn_loss, "forward", "backward")
@@ -36,6 +37,7 @@ class JointTrainer(Trainer):
         features, rpn_scores, rpn_deltas = self.model.train().forward_rpn(images)
         targets = self._anchor_targets(views, sizes, rpn_scores.shape)  # section 3.1.2
         rpn_losses = self.rpn_loss.forward(rpn_scores, rpn_deltas, *targets)  # RPN eq. 1
+        self._stop_if_diverged(rpn_losses)  # before non-finite scores reach the proposals
         rois, _ = self.model.proposals(  # constants from here on (section 3.2)
             rpn_scores, rpn_deltas, sizes, [v.scale for v in views], training=True
         )

@@ -17,6 +17,7 @@ from minircnn.checkpoint import (
     with_prefix,
 )
 from minircnn.data.sampling import HierarchicalSampler
+from minircnn.faster_rcnn import FasterRCNN
 from minircnn.layers.losses import LossTuple, MultiTaskLoss
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.optim import SGD, SGDConfig
@@ -62,7 +63,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: FastRCNN,
+        model: FastRCNN | FasterRCNN,
         sampler: HierarchicalSampler,
         config: TrainConfig,
         run_dir: str | Path,
@@ -166,7 +167,10 @@ class Trainer:
         """Restore parameters, momentum, iteration, schedule position and random state."""
         header, arrays = read_resume_state(path, self.model.config, self.header.get("classes"))
         self._refuse_another_run(header, path)
-        self.model.load_params(with_prefix(arrays, "param/"), source=str(path))
+        try:
+            self.model.load_params(with_prefix(arrays, "param/"), source=str(path))
+        except ValueError as err:  # names and shapes differ: say so in one line
+            raise CheckpointError(str(err)) from err
         self.optimizer.load_state_dict(with_prefix(arrays, "momentum/"))
         state = header["train_state"]
         self.iteration, self.epoch = state["iteration"], state["epoch"]
@@ -199,6 +203,9 @@ class Trainer:
         }
         ours["preprocessing"] = self.header.get("preprocessing")
         theirs["preprocessing"] = header.get("preprocessing")
+        if hasattr(self.model, "rpn_config"):  # Faster R-CNN: the same anchors and top-N
+            ours["rpn"] = asdict(self.model.rpn_config)
+            theirs["rpn"] = header.get("rpn")
         # JSON turned tuples into lists: compare through JSON as well
         differ = [k for k in ours if json.dumps(ours[k]) != json.dumps(theirs[k])]
         if differ:
