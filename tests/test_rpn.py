@@ -247,8 +247,10 @@ def test_propose_batch_reads_the_head_layout():
 
 
 # ---------------------------------------------------------------- gradients
-def _tiny_head(rng):
-    head = RPNHead(in_channels=3, num_anchors=2, mid_channels=4, dtype=np.float64, rng=rng)
+def _tiny_head(rng, window=3):
+    head = RPNHead(
+        in_channels=3, num_anchors=2, mid_channels=4, dtype=np.float64, rng=rng, window=window
+    )
     for p in head.params().values():  # larger than the 0.01 init, so every term matters
         p[...] = rng.standard_normal(p.shape) * 0.5
     return head
@@ -264,11 +266,16 @@ def test_rpn_head_shapes_and_names():
         for p in ("weight", "bias")
     }
     assert head.params()["rpn_conv.weight"].std() == pytest.approx(0.01, rel=0.1)
+    wide = RPNHead(in_channels=8, num_anchors=12, window=5)  # n = 5 keeps the map's size
+    assert wide.forward(np.zeros((2, 8, 5, 7), np.float32))[0].shape == (2, 24, 5, 7)
+    with pytest.raises(ValueError, match="window"):
+        RPNHead(in_channels=8, num_anchors=12, window=4)
 
 
-def test_rpn_head_gradcheck_float64():
+@pytest.mark.parametrize("window", [3, 5])
+def test_rpn_head_gradcheck_float64(window):
     rng = np.random.default_rng(0)
-    head = _tiny_head(rng)
+    head = _tiny_head(rng, window)
     features = rng.standard_normal((2, 3, 4, 5))
     w_scores, w_deltas = rng.standard_normal((2, 4, 4, 5)), rng.standard_normal((2, 8, 4, 5))
 
