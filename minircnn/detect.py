@@ -113,16 +113,25 @@ def detect(
     return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image)
 
 
+def rpn_proposals(detector: Detector, image, short_side: int | None = None):
+    """A Faster R-CNN's conv pass and proposals for one image (uint8 RGB [H, W, 3]) ->
+    (features [1, C, h, w], rois float32 [P, 5] in input pixels, the input's scale over
+    the original image); P <= the RPN's ``test_post_nms_top_n``."""
+    model, pre = detector.model.eval(), detector.preprocessing
+    scale = pre.scale(*image.shape[:2], short_side)
+    x = pre.network_input(image, scale)[None]  # [1, 3, H', W']
+    features, rpn_scores, rpn_deltas = model.forward_rpn(x)
+    rois, _ = model.proposals(rpn_scores, rpn_deltas, [x.shape[2:]], [scale], training=False)
+    return features, rois, scale
+
+
 def score_rpn_proposals(detector: Detector, image, short_side: int | None = None):
     """Faster R-CNN at test time: one conv pass, the RPN's proposals (test top-N), and
     Fast R-CNN's head on them -> (probabilities [P, K+1], boxes [P, 4(K+1)]) as
     ``score_proposals``; P <= the RPN's ``test_post_nms_top_n``."""
     model, pre = detector.model.eval(), detector.preprocessing
     height, width = image.shape[:2]
-    scale = pre.scale(height, width, short_side)
-    x = pre.network_input(image, scale)[None]  # [1, 3, H', W']
-    features, rpn_scores, rpn_deltas = model.forward_rpn(x)
-    rois, _ = model.proposals(rpn_scores, rpn_deltas, [x.shape[2:]], [scale], training=False)
+    features, rois, scale = rpn_proposals(detector, image, short_side)
     if len(rois) == 0:  # every box below min_size: nothing to score
         k1 = model.config.num_classes + 1
         return np.zeros((0, k1), np.float32), np.zeros((0, 4 * k1), np.float32)

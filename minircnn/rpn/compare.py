@@ -32,19 +32,16 @@ RECALL_TOP_N = 2000  # RPN proposals kept for the recall curve (the selective-se
 def rpn_proposals(detector, dataset, post_nms_top_n: int = RECALL_TOP_N) -> list[np.ndarray]:
     """The RPN's proposals ``[P, 4]`` (original pixels, by descending objectness) for each
     image of ``dataset``, keeping up to ``post_nms_top_n`` after NMS (3x as many before)."""
-    model, pre = detector.model, detector.preprocessing
-    config = model.rpn_config.proposals
+    from minircnn.detect import rpn_proposals as proposals_of
+
+    config = detector.model.rpn_config.proposals
     wide = replace(
         config, test_pre_nms_top_n=3 * post_nms_top_n, test_post_nms_top_n=post_nms_top_n
     )
-    model = replace_proposals(model, wide)
+    detector = replace(detector, model=replace_proposals(detector.model, wide))
     out = []
     for i in range(len(dataset)):
-        image = dataset.load_image(i)
-        scale = pre.scale(*image.shape[:2])
-        x = pre.network_input(image, scale)[None]
-        _, scores, deltas = model.forward_rpn(x)
-        rois, _ = model.proposals(scores, deltas, [x.shape[2:]], [scale], training=False)
+        _, rois, scale = proposals_of(detector, dataset.load_image(i))
         out.append(rois[:, 1:] / scale)
     return out
 
