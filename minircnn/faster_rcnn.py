@@ -1,9 +1,10 @@
 """Faster R-CNN (Ren et al., NIPS 2015): Fast R-CNN whose proposals come from a region
-proposal network on its own feature map, so proposals cost almost nothing.
+proposal network on its own feature map: a few more conv layers on features computed
+anyway, instead of a separate algorithm per image.
 
     image [N, 3, H, W] -> backbone convs -> feature map [N, C, H/s, W/s]      (once)
         -> RPN head -> objectness [N, 2A, H/s, W/s], deltas [N, 4A, H/s, W/s]
-           -> proposals: decode at the anchors, clip, NMS 0.7, top-N     (no gradient)
+           -> proposals: top-N, decode at the anchors, clip, NMS 0.7   (no gradient)
         -> RoI pooling of the proposals -> fc6 -> fc7 -> the two heads  (Fast R-CNN)
 
 The backbone, RoI pooling and heads are a ``FastRCNN``'s (``self.fast``); the RPN
