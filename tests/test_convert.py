@@ -395,32 +395,38 @@ def test_coco_image_with_a_malformed_size_is_skipped_not_a_crash(tmp_path):
     assert any("640px" in line for line in summary.report.lines)
 
 
-def test_a_box_thinner_than_a_pixel_is_not_called_inverted(tmp_path):
-    src = tmp_path / "coco"
+def one_cat_image_coco(src, annotations) -> dict:
+    """Write ``src/a.jpg`` (40 x 30) and ``src/ann.json``: a COCO file with that image,
+    one category "cat" and ``annotations``; returns the COCO dict."""
     write_image(src / "a.jpg", 40, 30)
     coco = {
         "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
         "categories": [{"id": 1, "name": "cat"}],
-        "annotations": [
+        "annotations": annotations,
+    }
+    (src / "ann.json").write_text(json.dumps(coco))
+    return coco
+
+
+def test_a_box_thinner_than_a_pixel_is_not_called_inverted(tmp_path):
+    src = tmp_path / "coco"
+    one_cat_image_coco(
+        src,
+        [
             # x 10.2 .. 10.4: rounds to x1 = 10, x2 = round(10.4) - 1 = 9, no whole pixel
             {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10.2, 5, 0.2, 10], "iscrowd": 0},
             {"id": 2, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8], "iscrowd": 0},
         ],
-    }
-    (src / "ann.json").write_text(json.dumps(coco))
+    )
     summary = convert_source("coco", src / "ann.json", tmp_path / "out", ratios=ALL_TRAIN)
     assert summary.report.skipped == {"box thinner than a pixel": 1}
 
 
 def test_overwrite_with_a_bad_source_keeps_the_previous_conversion(tmp_path):
     src = tmp_path / "coco"
-    write_image(src / "a.jpg", 40, 30)
-    coco = {
-        "images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 30}],
-        "categories": [{"id": 1, "name": "cat"}],
-        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8]}],
-    }
-    (src / "ann.json").write_text(json.dumps(coco))
+    coco = one_cat_image_coco(
+        src, [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [2, 3, 10, 8]}]
+    )
     convert_source("coco", src / "ann.json", tmp_path / "out", ratios=ALL_TRAIN)
     (src / "empty.json").write_text(json.dumps({**coco, "images": []}))
     with pytest.raises(ValueError, match="no images to convert"):
