@@ -47,6 +47,11 @@ class ProposalConfig:
     min_size: int = 8
     seed: int = 0
 
+    def search(self, image: np.ndarray) -> np.ndarray:
+        """Selective search with these settings on ``image`` (uint8 RGB [H, W, 3]) ->
+        float32 boxes [P, 4], 0-based inclusive."""
+        return selective_search(image, self.mode, self.max_proposals, self.min_size, self.seed)
+
 
 def cache_path(dataset: VOCDataset, cache_dir: str | Path = "data/proposals") -> Path:
     """``<cache_dir>/<devkit folder>_<VOC year folder>_<split>.npz``."""
@@ -96,8 +101,7 @@ def load_or_compute(
 
 
 def _one_image(path, config):
-    c = config
-    return selective_search(load_image(path), c.mode, c.max_proposals, c.min_size, c.seed)
+    return config.search(load_image(path))
 
 
 def _one_encoded_image(name: str, data: bytes, config: ProposalConfig) -> np.ndarray:
@@ -106,8 +110,7 @@ def _one_encoded_image(name: str, data: bytes, config: ProposalConfig) -> np.nda
         image = load_image(io.BytesIO(data))
     except VOCFormatError as err:
         raise VOCFormatError(f"{name}: {str(err).split(': ', 1)[-1]}") from None
-    c = config
-    return selective_search(image, c.mode, c.max_proposals, c.min_size, c.seed)
+    return config.search(image)
 
 
 @contextlib.contextmanager

@@ -89,14 +89,9 @@ def time_per_image(ss_detector, rpn_detector, images, repeats: int = 3) -> dict:
     RPN and head, end to end); plus the totals per method, proposals included."""
     from minircnn.detect import detect, postprocess
     from minircnn.proposals.cache import ProposalConfig
-    from minircnn.proposals.selective_search import selective_search
     from minircnn.rcnn import rcnn_score_proposals
 
-    c = ProposalConfig()  # what the caches hold
-
-    def search(image):
-        return selective_search(image, c.mode, c.max_proposals, c.min_size, c.seed)
-
+    search = ProposalConfig().search  # what the caches hold
     boxes = [search(image) for image in images]
     pairs = list(zip(images, boxes, strict=True))
 
