@@ -144,7 +144,7 @@ def score_proposals(detector: Detector, image, proposals, scales=None):
     """Class probabilities [P, K+1] and class-specific boxes [P, 4(K+1)] (clipped, in
     original pixels) for every proposal."""
     model, pre = detector.model.eval(), detector.preprocessing
-    fast = model.fast if detector.uses_rpn else model  # a Faster R-CNN's head scores any boxes
+    fast = model.fast  # a Faster R-CNN's head scores any given boxes too
     height, width = image.shape[:2]
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     factors = [pre.scale(height, width, s) for s in (scales or [pre.short_side])]

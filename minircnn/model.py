@@ -288,6 +288,12 @@ class FastRCNN(_Network):
         self.cls_score = Linear(config.fc_dims[1], k1, dtype, rng, weight_std=0.01)
         self.bbox_pred = Linear(config.fc_dims[1], 4 * k1, dtype, rng, weight_std=0.001)
 
+    @property
+    def fast(self) -> "FastRCNN":
+        """The Fast R-CNN part of this network: itself (a FasterRCNN's is its ``fast``), so
+        code that needs the detection head reads ``model.fast`` for either kind."""
+        return self
+
     @classmethod
     def from_classifier(cls, classifier: Classifier, config: ModelConfig, rng=None) -> "FastRCNN":
         """Section 2.2 conversion: keep the backbone, fc6 and fc7 of a pre-trained classifier;

@@ -57,7 +57,7 @@ def compress_model(model, rank: float):
     if rank <= 0:
         raise ValueError(f"compress_model: rank must be > 0, got {rank}")
     model = copy.deepcopy(model)
-    head = model.fast.head if hasattr(model, "fast") else model.head
+    head = model.fast.head
     for name in ("fc6", "fc7"):
         layer = getattr(head, name)
         full = min(layer.in_features, layer.out_features)

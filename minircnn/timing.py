@@ -63,7 +63,7 @@ def instrument_fast_rcnn(model, timer: StageTimer) -> StageTimer:
     FasterRCNN's Fast R-CNN part likewise, plus ``rpn`` (its head, forward + backward)."""
     if hasattr(model, "rpn"):  # FasterRCNN: a FastRCNN (``fast``) and an RPN head
         time_calls(timer, "rpn", model.rpn, "forward", "backward")
-        model = model.fast
+    model = model.fast
     time_calls(timer, "conv_forward", model.backbone, "forward")
     time_calls(timer, "conv_backward", model.backbone, "backward")
     time_calls(timer, "roi_pool", model.roi_pool, "forward", "backward")
