@@ -130,7 +130,7 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
             "fast": best_time(run(lambda i, p: detect(model, i, p)), 3, 1),
             "fast_svd": best_time(run(lambda i, p: detect(svd, i, p)), 3, 1),
             "rcnn": best_time(
-                run(lambda i, p: postprocess(*rcnn_score_proposals(model, i, p))), 1, 0
+                run(lambda i, p: postprocess(*rcnn_score_proposals(model, i, p))), 1, 1
             ),
         }
         row = {"proposals": n, **{f"{k}_ms": 1e3 * v / len(images) for k, v in per_image.items()}}
@@ -139,6 +139,7 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
         rows.append(row)
     cols = ["proposals", "rcnn_ms", "fast_ms", "fast_svd_ms", "speedup", "speedup_svd"]
     print_table("R-CNN vs Fast R-CNN, test time per toy image (same weights)", rows, cols)
+    bound = rcnn_bound(model, images[0], sets[0], rows[-1], quick)
 
     # Fast R-CNN per stage at 2000 proposals, proposals computed here too; the stages are
     # timed by wrapping them from outside (the detection code has no timers)
@@ -172,7 +173,63 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
         f"mAP@0.5 (VOC07) on {n_eval} test images: full {maps['full']:.3f}, "
         f"SVD 1/4 rank {maps['svd_1/4']:.3f} (difference {maps['full'] - maps['svd_1/4']:+.3f})"
     )
-    return {"rows": rows, "stages": stage_rows, "map": maps}
+    return {"rows": rows, "bound": bound, "stages": stage_rows, "map": maps}
+
+
+def rcnn_bound(detector, image, proposals, row: dict, quick: bool) -> dict:
+    """How large R-CNN's disadvantage can get with this network, and what the crop size
+    does to it. ``image``, ``proposals`` ``[P, 4]``: one test image and its boxes; ``row``:
+    ``bench_rcnn_vs_fast``'s timings at ``P`` proposals.
+
+    Fast R-CNN pays a fixed cost per image (scaling, the conv pass) plus a cost per RoI
+    (RoI pooling, FC layers, decoding); R-CNN pays a cost per crop. With ever more
+    proposals the speed-up tends to per-crop / per-RoI cost: the bound. The per-RoI cost is
+    the slope of Fast R-CNN's time between 1 and ``P`` boxes on ``image``. Then the backbone
+    is timed on larger crops (the paper's R-CNN warps to 224 px): only the conv share of
+    R-CNN's per-crop cost grows with the crop, so it decides how far apart the two get."""
+    from minircnn.detect import detect
+
+    repeats = 2 if quick else 5
+    one = best_time(lambda: detect(detector, image, proposals[:1]), repeats, 1)
+    many = best_time(lambda: detect(detector, image, proposals), repeats, 1)
+    per_roi = 1e3 * (many - one) / (len(proposals) - 1)
+    per_crop = row["rcnn_ms"] / row["proposals"]
+    crop = detector.model.config.crop_size
+    backbone = detector.model.eval().backbone
+    rng = np.random.default_rng(0)
+    conv = {}
+    for size in (crop, 2 * crop, 4 * crop, 224):
+        batch = max(2, (128 * crop * crop) // (size * size))  # about the same pixels per call
+        x = rng.standard_normal((batch, 3, size, size), dtype=np.float32)
+        conv[size] = 1e3 * best_time(lambda x=x: backbone.forward(x), 1 if quick else 3, 1) / batch
+    rest = per_crop - conv[crop]  # warping, pool5, FC layers, heads, decoding
+    crop_rows = [
+        {
+            "crop_px": size,
+            "conv_ms_per_crop": ms,
+            "conv_share": ms / (ms + rest),
+            "bound": (ms + rest) / per_roi,
+            "speedup_at_2000": row["proposals"] * (ms + rest) / row["fast_ms"],
+        }
+        for size, ms in conv.items()
+    ]
+    print(
+        f"\nR-CNN {per_crop:.3f} ms per crop, Fast R-CNN {per_roi:.4f} ms per extra RoI: "
+        f"bound {per_crop / per_roi:.1f}x; at {row['proposals']} proposals Fast R-CNN is "
+        f"{row['speedup']:.1f}x, {row['speedup'] / (per_crop / per_roi):.0%} of it"
+    )
+    print_table(
+        "R-CNN with larger crops (measured backbone time per crop; the rest of R-CNN's "
+        "per-crop cost and Fast R-CNN's times as above)",
+        crop_rows,
+        ["crop_px", "conv_ms_per_crop", "conv_share", "bound", "speedup_at_2000"],
+    )
+    return {
+        "rcnn_ms_per_crop": per_crop,
+        "fast_ms_per_roi": per_roi,
+        "bound": per_crop / per_roi,
+        "crops": crop_rows,
+    }
 
 
 # ---------------------------------------------------------------- faster

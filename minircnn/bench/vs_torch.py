@@ -7,7 +7,14 @@ bias learning-rate multiplier). Both then run (a) one training step on a synthet
 of the training shapes (N = 2 images of 192 x 256, R = 128 RoIs): forward, multi-task
 loss, backward, SGD update; and (b) the detection forward of one 192 x 256 image with 2000
 RoIs. Before any timing, one step on both sides checks that they compute the same thing.
+The torch side runs in a child process with torch's own OpenMP settings.
 """
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 
@@ -105,33 +112,44 @@ def torch_multitask_loss(torch, cls_score, bbox_pred, labels, targets, weights, 
     return F.cross_entropy(cls_score, labels) + loc_weight * (weights * loc).sum() / len(labels)
 
 
-@section("vs_torch")
-def bench_vs_torch(quick: bool, threads: int) -> dict:
-    """The default network's training step and detection forward, minircnn against the
-    same network and weights in PyTorch; minircnn's training step split by stage."""
-    torch = try_import_torch(threads)
-    tv_roi_pool = torchvision_op("roi_pool") if torch is not None else None
-    if tv_roi_pool is None:
-        print("\n== vs_torch: skipped, needs torch and torchvision: pip install -e '.[bench]'")
-        return {}
-    repeats = 3 if quick else 20
-    peak = sgemm_gflops(1024)
+def default_network_inputs():
+    """The default ``FastRCNN`` (seed 0) with a synthetic training batch of the training
+    shapes and one detection input: (model, batch, det_images ``[1, 3, H, W]`` float32,
+    det_rois ``[DETECT_ROIS, 5]`` float32). Deterministic, so the parent process and the
+    torch child build the same weights and data."""
     rng = np.random.default_rng(0)
     model = FastRCNN(ModelConfig(num_classes=5), rng)
     batch = training_batch(rng, model.config.num_classes, 2, HEIGHT, WIDTH, 128)
     det_images = rng.standard_normal((1, 3, HEIGHT, WIDTH), dtype=np.float32)
     det_rois = random_rois(rng, DETECT_ROIS, 1, HEIGHT, WIDTH)
-    net = torch_fast_rcnn(torch, tv_roi_pool, model)  # before any step: the same weights
+    return model, batch, det_images, det_rois
+
+
+# The torch side runs in its own process, importing torch before minircnn: minircnn sets
+# OMP_WAIT_POLICY=PASSIVE for its own Numba threads (see minircnn/__init__.py), and in one
+# process that setting would also put torch's OpenMP threads to sleep after every op,
+# which is not how a PyTorch user runs it. The child gets the parent's environment
+# without that variable, so torch runs with its defaults.
+_TORCH_CHILD_SCRIPT = """import json, sys
+import torch, torchvision.ops  # first: their OpenMP reads its settings as it loads
+from minircnn.bench.vs_torch import torch_side
+print(json.dumps(torch_side(int(sys.argv[1]), int(sys.argv[2]))))
+"""
+
+
+def torch_side(threads: int, repeats: int) -> dict:
+    """The torch child's work: check on one forward and one training step that minircnn and
+    torch compute the same thing (max absolute differences), then time torch's training
+    step and detection forward, each in its own block (best of ``repeats``, seconds)."""
+    torch = try_import_torch(threads)
+    model, batch, det_images, det_rois = default_network_inputs()
+    net = torch_fast_rcnn(torch, torchvision_op("roi_pool"), model)  # the same weights
     trainer = fixed_batch_trainer(model, batch)  # Trainer.step = our step minus sampling
     optimizer = torch_sgd(torch, net, trainer.optimizer.config)
     t_images, t_rois, t_labels, t_targets, t_weights = (
         torch.from_numpy(a)
         for a in (batch.images, batch.rois, batch.labels, batch.bbox_targets, batch.bbox_weights)
     )
-    indices = list(range(len(batch.images)))
-
-    def ours_step():
-        trainer.step(indices)
 
     def torch_step():
         cls_score, bbox_pred = net(t_images, t_rois)
@@ -143,12 +161,12 @@ def bench_vs_torch(quick: bool, threads: int) -> dict:
         optimizer.step()
         return loss
 
-    # is it the same computation? one forward, then one step, on both sides (not timed)
+    # is it the same computation? one forward, then one step, on both sides
     net.train()
     with torch.no_grad():
         t_out = net(t_images, t_rois)
     ours_out = model.train().forward(batch.images, batch.rois)
-    ours_loss = trainer.step(indices).losses.total
+    ours_loss = trainer.step(list(range(len(batch.images)))).losses.total
     torch_loss = torch_step().item()
     params = dict(net.named_parameters())
 
@@ -167,6 +185,39 @@ def bench_vs_torch(quick: bool, threads: int) -> dict:
         / max(float(np.abs(g).max()) for g in grads.values()),
         "params_after_step": max_diff(weights.values(), (params[n] for n in weights)),
     }
+    train_s = best_time(torch_step, repeats)
+    net.eval()
+    t_det_images, t_det_rois = torch.from_numpy(det_images), torch.from_numpy(det_rois)
+    with torch.no_grad():
+        detect_s = best_time(lambda: net(t_det_images, t_det_rois), repeats)
+    return {
+        "version": torch.__version__,
+        "agreement": agreement,
+        "train_s": train_s,
+        "detect_s": detect_s,
+    }
+
+
+@section("vs_torch")
+def bench_vs_torch(quick: bool, threads: int) -> dict:
+    """The default network's training step and detection forward, minircnn against the
+    same network and weights in PyTorch (timed in a child process, see above); minircnn's
+    training step split by stage."""
+    if not all(importlib.util.find_spec(m) for m in ("torch", "torchvision")):
+        print("\n== vs_torch: skipped, needs torch and torchvision: pip install -e '.[bench]'")
+        return {}
+    repeats = 3 if quick else 20
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    child = subprocess.run(
+        [sys.executable, "-c", _TORCH_CHILD_SCRIPT, str(threads), str(repeats)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if child.returncode != 0:
+        raise RuntimeError(f"vs_torch's torch process failed:\n{child.stderr[-2000:]}")
+    torch_result = json.loads(child.stdout.strip().splitlines()[-1])
+    agreement = torch_result["agreement"]
     print(
         "\nsame weights, same batch: max |minircnn - torch| "
         + ", ".join(f"{k} {v:.1e}" for k, v in agreement.items())
@@ -174,19 +225,20 @@ def bench_vs_torch(quick: bool, threads: int) -> dict:
     if agreement["outputs"] > 1e-3:
         print("WARNING: the two networks' outputs differ: the comparison below is not fair")
 
-    # each side in its own block of consecutive calls (see bench/__main__.py)
+    # minircnn's side, here, in its own block of consecutive calls (see bench/__main__.py)
+    peak = sgemm_gflops(1024)
+    model, batch, det_images, det_rois = default_network_inputs()
+    trainer = fixed_batch_trainer(model, batch)
+    indices = list(range(len(batch.images)))
+    trainer.step(indices)  # one step first, as the child did before its timing
     trainer.timer.totals.clear()  # the stages of the timed calls only
     steps_before = trainer.iteration
-    ours_train = best_time(ours_step, repeats)
+    ours_train = best_time(lambda: trainer.step(indices), repeats)
     n_steps = trainer.iteration - steps_before
     stages = {k: v / n_steps for k, v in trainer.timer.totals.items() if k != "sampling"}
-    torch_train = best_time(torch_step, repeats)
     model.eval()
     ours_detect = best_time(lambda: model.forward(det_images, det_rois), repeats)
-    net.eval()
-    t_det_images, t_det_rois = torch.from_numpy(det_images), torch.from_numpy(det_rois)
-    with torch.no_grad():
-        torch_detect = best_time(lambda: net(t_det_images, t_det_rois), repeats)
+    torch_train, torch_detect = torch_result["train_s"], torch_result["detect_s"]
 
     # FLOPs: the step's (train_flops), the convs' forward alone, and the FC layers' rest
     backbone = model.backbone
@@ -208,7 +260,7 @@ def bench_vs_torch(quick: bool, threads: int) -> dict:
         rows.append(row)
     columns = ["what", "ours_ms", "ours_GFLOPs", "ours_%peak", "torch_ms", "torch_GFLOPs", "ratio"]
     print_table(
-        f"default network, minircnn vs torch {torch.__version__}, {threads} threads, "
+        f"default network, minircnn vs torch {torch_result['version']}, {threads} threads, "
         f"{HEIGHT}x{WIDTH} images (SGEMM 1024 peak {peak:.0f} GFLOP/s)",
         rows,
         columns,
