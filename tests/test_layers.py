@@ -15,6 +15,7 @@ from minircnn.layers import (
     SoftmaxCrossEntropy,
 )
 from minircnn.layers.conv import col2im, im2col
+from minircnn.layers.pool import maxpool2d_forward, maxpool2x2_forward
 
 TOL = 1e-6
 
@@ -199,6 +200,19 @@ def test_maxpool_matches_reference_and_gradcheck(shape, k, s):
         dx_ref[idx[0], idx[1], a // shape[3], a % shape[3]] += dy[idx]
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-15, atol=0)
     assert layer_gradcheck(layer, x)["x"] < TOL
+
+
+def test_maxpool_2x2_fast_path_breaks_ties_like_the_general_kernel():
+    # values in {0, 1}: most windows hold ties, which both kernels give to the first
+    # position in row-major order (the reference's np.argmax does the same)
+    x = np.random.default_rng(9).integers(0, 2, (2, 3, 7, 9)).astype(np.float32)
+    y_ref, arg_ref = maxpool_reference(x, 2, 2)
+    y, arg = np.empty(y_ref.shape, np.float32), np.empty(y_ref.shape, np.int64)
+    maxpool2x2_forward(x, y, arg)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(arg, arg_ref)
+    maxpool2d_forward(x, 2, 2, y, arg)
+    np.testing.assert_array_equal(arg, arg_ref)
 
 
 def test_maxpool_float32_and_errors():

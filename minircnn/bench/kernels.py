@@ -97,7 +97,60 @@ def bench_layers(quick: bool, threads: int) -> dict:
 
     columns = ["op", "ours_ms", "ours_GFLOPs", "torch_ms", "torch_GFLOPs", "ratio"]
     print_table("layers (forward + backward, float32, N=2)", rows, columns)
-    return {"rows": rows}
+    default_rows = bench_default_convs(torch, repeats, quick)
+    print_table(
+        "the default network's convs as training runs them (N=2, 192x256 input, float32)",
+        default_rows,
+        columns,
+    )
+    return {"rows": rows, "default_convs": default_rows}
+
+
+def bench_default_convs(torch, repeats: int, quick: bool) -> list[dict]:
+    """Each conv of the default ``FastRCNN`` timed alone at the shapes a training step gives
+    it (N = 2 images of 192 x 256, or 48 x 64 with ``quick``), doing what the step does:
+    forward only in the frozen block, forward + dW for the first trained conv (no input
+    gradient), forward + dW + dx above. Small C_in and large H x W: not the mid shapes
+    above, and where the im2col + GEMM convolution is least efficient."""
+    from minircnn.model import FastRCNN, ModelConfig
+
+    rng = np.random.default_rng(0)
+    model = FastRCNN(ModelConfig(num_classes=5), rng)
+    backbone = model.backbone
+    height, width = (48, 64) if quick else (192, 256)
+    rows = []
+    for b, (layers, pool) in enumerate(backbone.blocks):
+        for name, conv, _ in layers:
+            trained, need_dx = b >= backbone.frozen_blocks, conv.need_input_grad
+            x = rng.standard_normal((2, conv.in_channels, height, width), dtype=np.float32)
+            dy = rng.standard_normal((2, conv.out_channels, height, width), dtype=np.float32)
+
+            def ours(conv=conv, x=x, dy=dy, trained=trained):
+                conv.forward(x)
+                if trained:
+                    conv.backward(dy)
+
+            theirs = None
+            if torch is not None:
+                tx = torch.from_numpy(x).requires_grad_(need_dx)
+                tw = torch.from_numpy(conv.params["weight"]).requires_grad_(trained)
+                tb = torch.from_numpy(conv.params["bias"]).requires_grad_(trained)
+                tdy = torch.from_numpy(dy)
+
+                def torch_conv(tx=tx, tw=tw, tb=tb, tdy=tdy, trained=trained):
+                    y = torch.nn.functional.conv2d(tx, tw, tb, padding=1)
+                    if trained:
+                        y.backward(tdy)
+
+                theirs = best_time(torch_conv, repeats)
+            passes = 1 + trained + need_dx
+            flops = passes * 2 * 2 * conv.out_channels * conv.in_channels * 9 * height * width
+            what = ["forward", "forward + dW", "forward + dW + dx"][passes - 1]
+            op = f"{name} {conv.in_channels}->{conv.out_channels} @{height}x{width} {what}"
+            rows.append(compare({"op": op}, best_time(ours, repeats), theirs, flops))
+        if pool is not None:
+            height, width = height // 2, width // 2
+    return rows
 
 
 # ---------------------------------------------------------------- roi_pool

@@ -94,18 +94,23 @@ def col2im(dcols, kh, kw, stride, pad, dx):
                 row = (c * kh + i) * kw + j
                 ow_lo, ow_hi = _valid_range(pad - j, stride, w_in, w_out)
                 for oh in range(oh_lo, oh_hi):
-                    h = oh * stride - pad + i
-                    base = (n * h_out + oh) * w_out
-                    for ow in range(ow_lo, ow_hi):
-                        dx[n, c, h, ow * stride - pad + j] += dcols[row, base + ow]
+                    dst = dx[n, c, oh * stride - pad + i]
+                    src = dcols[row, (n * h_out + oh) * w_out : (n * h_out + oh + 1) * w_out]
+                    if stride == 1:  # contiguous runs: a plain (vectorised) add
+                        dst[ow_lo - pad + j : ow_hi - pad + j] += src[ow_lo:ow_hi]
+                    else:
+                        for ow in range(ow_lo, ow_hi):
+                            dst[ow * stride - pad + j] += src[ow]
 
 
-def conv2d_forward(x, weight, bias, stride, pad, cols=None):
+def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None):
     """Convolution forward.
 
     x: [N, C, H, W]; weight: [F, C, kH, kW]; bias: [F]; all the same float dtype.
-    Returns ``y [N, F, H', W']`` and ``cols [C*kH*kW, N*H'*W']`` (kept for backward).
-    ``cols`` may be passed in to be reused (large fresh arrays cost page faults).
+    Returns ``y [N, F, H', W']``, ``cols [C*kH*kW, N*H'*W']`` (kept for backward) and the
+    scratch ``products [F, N*H'*W']``. ``cols`` and ``products`` from the previous call may
+    be passed in to be reused: large fresh arrays cost page faults (measured: the first
+    conv's forward 6.8 ms with a fresh product array, 2.2 ms reusing it).
     """
     n_img, _, h_in, w_in = x.shape
     n_filt, n_ch, kh, kw = weight.shape
@@ -116,11 +121,14 @@ def conv2d_forward(x, weight, bias, stride, pad, cols=None):
         cols = np.empty(cols_shape, dtype=x.dtype)
     im2col(x, kh, kw, stride, pad, cols)
     w2 = weight.reshape(n_filt, n_ch * kh * kw)  # [F, C*kH*kW], a view
-    y2 = w2 @ cols  # [F, Ckk] @ [Ckk, N*H'W'] -> [F, N*H'W']
+    products_shape = (n_filt, cols_shape[1])
+    if products is None or products.shape != products_shape or products.dtype != x.dtype:
+        products = np.empty(products_shape, dtype=x.dtype)
+    np.matmul(w2, cols, out=products)  # [F, Ckk] @ [Ckk, N*H'W'] -> [F, N*H'W']
     y = np.empty((n_img, n_filt, h_out * w_out), dtype=x.dtype)
     # [F, N, H'W'] -> [N, F, H'W'], fused with the bias add
-    np.add(y2.reshape(n_filt, n_img, -1).transpose(1, 0, 2), bias[None, :, None], out=y)
-    return y.reshape(n_img, n_filt, h_out, w_out), cols
+    np.add(products.reshape(n_filt, n_img, -1).transpose(1, 0, 2), bias[None, :, None], out=y)
+    return y.reshape(n_img, n_filt, h_out, w_out), cols, products
 
 
 def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=None):
@@ -185,7 +193,7 @@ class Conv2d(Layer):
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.need_input_grad = True
         self._cache = None
-        self._dcols = None  # scratch reused between calls
+        self._dcols = self._products = None  # scratch reused between calls
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: [N, C, H, W] of the layer's dtype -> y: [N, F, H', W']."""
@@ -195,8 +203,14 @@ class Conv2d(Layer):
                 f"Conv2d input: expected {self.in_channels} channels, got shape {x.shape}"
             )
         reuse = self._cache[0] if self._cache is not None else None
-        y, cols = conv2d_forward(
-            x, self.params["weight"], self.params["bias"], self.stride, self.padding, reuse
+        y, cols, self._products = conv2d_forward(
+            x,
+            self.params["weight"],
+            self.params["bias"],
+            self.stride,
+            self.padding,
+            reuse,
+            self._products,
         )
         self._cache = (cols, x.shape, y.shape)
         return y

@@ -38,22 +38,47 @@ def maxpool2d_forward(x, kernel, stride, y, argmax):
 
 
 @njit(parallel=True, cache=True)
+def maxpool2x2_forward(x, y, argmax):
+    """``maxpool2d_forward`` for kernel 2, stride 2 (every pool of the backbones), unrolled:
+    two input rows per output row and the four window values compared in row-major order,
+    so ties go to the same position. ~5x faster than the general loop nest."""
+    n_img, n_ch, _, w_in = x.shape
+    h_out, w_out = y.shape[2], y.shape[3]
+    for nc in prange(n_img * n_ch):
+        n = nc // n_ch
+        c = nc % n_ch
+        for oh in range(h_out):
+            top, bottom = x[n, c, 2 * oh], x[n, c, 2 * oh + 1]
+            y_row, argmax_row = y[n, c, oh], argmax[n, c, oh]
+            for ow in range(w_out):
+                w = 2 * ow
+                best, idx = top[w], 2 * oh * w_in + w
+                if top[w + 1] > best:
+                    best, idx = top[w + 1], 2 * oh * w_in + w + 1
+                if bottom[w] > best:
+                    best, idx = bottom[w], (2 * oh + 1) * w_in + w
+                if bottom[w + 1] > best:
+                    best, idx = bottom[w + 1], (2 * oh + 1) * w_in + w + 1
+                y_row[ow] = best
+                argmax_row[ow] = idx
+
+
+@njit(parallel=True, cache=True)
 def maxpool2d_backward(dy, argmax, dx):
     """Route dy [N, C, H', W'] to the argmax positions of dx [N, C, H, W] (overwritten).
 
     Overlapping windows (kernel > stride) may share a winner; their gradients add. Each
     (n, c) plane is written by one thread only, so there is no race.
     """
-    n_img, n_ch, _, w_in = dx.shape
-    h_out, w_out = dy.shape[2], dy.shape[3]
+    n_img, n_ch = dx.shape[:2]
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
-        dx[n, c] = 0.0
-        for oh in range(h_out):
-            for ow in range(w_out):
-                idx = argmax[n, c, oh, ow]
-                dx[n, c, idx // w_in, idx % w_in] += dy[n, c, oh, ow]
+        dx_plane = dx[n, c].reshape(-1)  # flat views: argmax holds flat indices
+        dy_plane, argmax_plane = dy[n, c].reshape(-1), argmax[n, c].reshape(-1)
+        dx_plane[:] = 0.0
+        for k in range(dy_plane.size):
+            dx_plane[argmax_plane[k]] += dy_plane[k]
 
 
 class MaxPool2d(Layer):
@@ -77,7 +102,10 @@ class MaxPool2d(Layer):
         w_out = conv_output_size(w_in, self.kernel_size, self.stride, 0)
         y = np.empty((n_img, n_ch, h_out, w_out), dtype=x.dtype)
         argmax = np.empty(y.shape, dtype=np.int64)
-        maxpool2d_forward(x, self.kernel_size, self.stride, y, argmax)
+        if self.kernel_size == self.stride == 2:
+            maxpool2x2_forward(x, y, argmax)
+        else:
+            maxpool2d_forward(x, self.kernel_size, self.stride, y, argmax)
         self._cache = (argmax, x.shape)
         return y
 
