@@ -130,20 +130,18 @@ def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
 
 @njit(parallel=True, cache=True)
 def _roi_pool_backward_kernel(grad_out, argmax, order, starts, grad):
-    n_img, n_ch, _, width = grad.shape
-    ph, pw = grad_out.shape[2], grad_out.shape[3]
+    n_img, n_ch = grad.shape[:2]
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
-        plane = grad[n, c]
+        plane = grad[n, c].reshape(-1)  # flat views: argmax holds flat h*W + w indices
         plane[:] = 0.0
         for k in range(starts[n], starts[n + 1]):
             r = order[k]
-            for i in range(ph):
-                for j in range(pw):
-                    idx = argmax[r, c, i, j]
-                    if idx >= 0:
-                        plane[idx // width, idx % width] += grad_out[r, c, i, j]
+            grads, winners = grad_out[r, c].reshape(-1), argmax[r, c].reshape(-1)  # [ph*pw]
+            for b in range(grads.size):
+                if winners[b] >= 0:  # -1: an empty bin, which took nothing
+                    plane[winners[b]] += grads[b]
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
