@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from minircnn.timing import best_time
+
 SECTIONS: dict[str, Callable] = {}
 
 
@@ -36,6 +38,18 @@ def torchvision_op(name: str):
     except ImportError:
         return None
     return getattr(torchvision.ops, name)
+
+
+def side_by_side(ours: Callable, theirs: Callable | None, repeats: int, rounds: int):
+    """Best wall times (s) of ``ours`` and ``theirs`` (None: not timed, returned as None).
+    Each is timed in blocks of ``repeats`` consecutive calls, the two taking turns for
+    ``rounds`` rounds: a slow spell of a shared machine then spoils a block, not a side."""
+    best_ours = best_theirs = float("inf")
+    for _ in range(rounds):
+        if theirs is not None:
+            best_theirs = min(best_theirs, best_time(theirs, repeats))
+        best_ours = min(best_ours, best_time(ours, repeats))
+    return best_ours, (best_theirs if theirs is not None else None)
 
 
 def print_table(title: str, rows: list[dict], columns: list[str]) -> None:

@@ -6,8 +6,9 @@ and the same blocks frozen; torch's SGD is set up as minircnn's (momentum, weigh
 bias learning-rate multiplier). Both then run (a) one training step on a synthetic batch
 of the training shapes (N = 2 images of 192 x 256, R = 128 RoIs): forward, multi-task
 loss, backward, SGD update; and (b) the detection forward of one 192 x 256 image with 2000
-RoIs. Before any timing, one step on both sides checks that they compute the same thing.
-The torch side runs in a child process with torch's own OpenMP settings.
+RoIs. The torch side runs in a child process with torch's own OpenMP settings; before it
+times torch, it checks on one forward and one training step that both sides compute the
+same thing.
 """
 
 import importlib.util
@@ -129,7 +130,8 @@ def default_network_inputs():
 # OMP_WAIT_POLICY=PASSIVE for its own Numba threads (see minircnn/__init__.py), and in one
 # process that setting would also put torch's OpenMP threads to sleep after every op,
 # which is not how a PyTorch user runs it. The child gets the parent's environment
-# without that variable, so torch runs with its defaults.
+# without that variable (minircnn's default or a value set by hand), so torch runs with
+# its own defaults.
 _TORCH_CHILD_SCRIPT = """import json, sys
 import torch, torchvision.ops  # first: their OpenMP reads its settings as it loads
 from minircnn.bench.vs_torch import torch_side
@@ -206,10 +208,12 @@ def run_torch_side(threads: int, repeats: int) -> dict:
         env=env,
         capture_output=True,
         text=True,
+        timeout=600,
     )
-    if child.returncode != 0:
+    lines = child.stdout.strip().splitlines()
+    if child.returncode != 0 or not lines:
         raise RuntimeError(f"vs_torch's torch process failed:\n{child.stderr[-2000:]}")
-    return json.loads(child.stdout.strip().splitlines()[-1])
+    return json.loads(lines[-1])
 
 
 @section("vs_torch")
@@ -226,7 +230,7 @@ def bench_vs_torch(quick: bool, threads: int) -> dict:
     trainer = fixed_batch_trainer(model, batch)
     indices = list(range(len(batch.images)))
     trainer.step(indices)  # one step first, as the torch child does before its timing
-    train_totals, n_steps = {}, 0  # the stages of the timed training calls only
+    train_totals, n_steps = {}, 0  # the stages of the training blocks (warm-up calls too)
     # Each side in its own blocks of consecutive calls (see bench/__main__.py), the two
     # sides taking turns for a few rounds: a shared machine has slow spells lasting
     # seconds, and the best call over the rounds is the side's time.
