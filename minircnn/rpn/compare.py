@@ -85,8 +85,9 @@ def plot_recall_curves(dataset, sets: dict, path) -> Path:
 def time_per_image(ss_detector, rpn_detector, images, repeats: int = 3) -> dict:
     """Milliseconds per image of each stage, each timed as a block over ``images``:
     ``selective_search``, ``fast_rcnn`` (detection on those boxes), ``rcnn`` (R-CNN's
-    per-crop scoring of the same boxes, same weights, one pass) and ``faster_rcnn`` (its
-    RPN and head, end to end); plus the totals per method, proposals included."""
+    per-crop scoring of the same boxes, same weights, one pass after a warm-up one) and
+    ``faster_rcnn`` (its RPN and head, end to end); plus the totals per method, proposals
+    included."""
     from minircnn.detect import detect, postprocess
     from minircnn.proposals.cache import ProposalConfig
     from minircnn.rcnn import rcnn_score_proposals
@@ -102,8 +103,8 @@ def time_per_image(ss_detector, rpn_detector, images, repeats: int = 3) -> dict:
         "selective_search": block(lambda image, _: search(image), 1, 0),
         "fast_rcnn": block(lambda image, b: detect(ss_detector, image, b)),
         "faster_rcnn": block(lambda image, _: detect(rpn_detector, image)),
-        "rcnn": block(
-            lambda image, b: postprocess(*rcnn_score_proposals(ss_detector, image, b)), 1, 0
+        "rcnn": block(  # one call (it takes seconds), after a warm-up call like the others
+            lambda image, b: postprocess(*rcnn_score_proposals(ss_detector, image, b)), 1
         ),
     }
     totals = {
