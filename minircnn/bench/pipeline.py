@@ -115,9 +115,9 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
     test = VOCDataset("data/toyvoc", split="test", use_difficult=True)
     rng = np.random.default_rng(0)
     images = [test.load_image(i) for i in range(2 if quick else 5)]
-    rows = []
+    rows, box_sets = [], {}
     for n in (500, 2000):
-        sets = []
+        sets = box_sets[n] = []
         for img in images:  # selective search boxes, topped up with random boxes to n
             props = selective_search(img)[:n]
             extra = random_rois(rng, n - len(props), 1, *img.shape[:2])[:, 1:]
@@ -139,7 +139,7 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
         rows.append(row)
     cols = ["proposals", "rcnn_ms", "fast_ms", "fast_svd_ms", "speedup", "speedup_svd"]
     print_table("R-CNN vs Fast R-CNN, test time per toy image (same weights)", rows, cols)
-    bound = rcnn_bound(model, images, sets, rows[-1], quick)  # sets: the 2000 boxes
+    bound = rcnn_bound(model, images, box_sets[2000], rows[-1], quick)
 
     # Fast R-CNN per stage at 2000 proposals, proposals computed here too; the stages are
     # timed by wrapping them from outside (the detection code has no timers)
@@ -148,10 +148,10 @@ def bench_rcnn_vs_fast(quick: bool, threads: int, checkpoint="runs/tiny/checkpoi
         for img in images:
             selective_search(img)
     timed = copy.deepcopy(model)
-    for img, p in zip(images, sets, strict=True):  # one untimed pass: scratch at these shapes
+    for img, p in zip(images, box_sets[2000], strict=True):  # untimed: scratch at these shapes
         score_proposals(timed, img, p)
     instrument_fast_rcnn(timed.model, timer)
-    for img, p in zip(images, sets, strict=True):
+    for img, p in zip(images, box_sets[2000], strict=True):
         with timer("detection in all"):
             scores, boxes = score_proposals(timed, img, p)
             with timer("nms"):
