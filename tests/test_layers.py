@@ -14,7 +14,7 @@ from minircnn.layers import (
     SmoothL1Loss,
     SoftmaxCrossEntropy,
 )
-from minircnn.layers.conv import col2im, im2col
+from minircnn.layers.conv import DIRECT_MAX_CHANNELS, col2im, im2col
 from minircnn.layers.pool import maxpool2d_forward, maxpool2x2_forward
 
 TOL = 1e-6
@@ -131,6 +131,42 @@ def test_conv_gradcheck(case):
     layer = Conv2d(c, f, k, stride=s, padding=p, dtype=np.float64, rng=rng)
     layer.params["bias"][:] = rng.standard_normal(f)
     errors = layer_gradcheck(layer, rng.standard_normal((n, c, h, w)))
+    assert max(errors.values()) < TOL, errors
+
+
+@pytest.mark.parametrize("channels", [1, 3, 4])
+def test_direct_conv_matches_im2col_and_loop_reference(channels):
+    # the few-channel 3x3 path (direct_conv3x3) against the loop reference, in both dtypes,
+    # then backward, which builds the column matrix the direct forward skipped
+    assert Conv2d(channels, 5, 3, padding=1).direct
+    assert not Conv2d(DIRECT_MAX_CHANNELS + 1, 5, 3, padding=1).direct
+    assert not Conv2d(channels, 5, 3, stride=2, padding=1).direct
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((2, channels, 7, 10))
+    for pad in (0, 1, 2):
+        layer = Conv2d(channels, 5, 3, padding=pad, dtype=np.float64, rng=rng)
+        layer.params["bias"][:] = rng.standard_normal(5)
+        w, b = layer.params["weight"], layer.params["bias"]
+        np.testing.assert_allclose(layer.forward(x), conv_reference(x, w, b, 1, pad), atol=1e-12)
+        dy = rng.standard_normal((2, 5, 5 + 2 * pad, 8 + 2 * pad))
+        dx = layer.backward(dy)
+        dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, w, 1, pad)
+        np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
+        np.testing.assert_allclose(layer.grads["weight"], dw_ref, atol=1e-12)
+        np.testing.assert_allclose(layer.grads["bias"], db_ref, atol=1e-12)
+        l32 = Conv2d(channels, 5, 3, padding=pad)
+        l32.params["weight"][:], l32.params["bias"][:] = w, b
+        y32 = l32.forward(x.astype(np.float32))
+        assert y32.dtype == np.float32
+        np.testing.assert_allclose(y32, conv_reference(x, w, b, 1, pad), atol=1e-5)
+
+
+def test_direct_conv_gradcheck():
+    rng = np.random.default_rng(12)
+    layer = Conv2d(3, 4, 3, padding=1, dtype=np.float64, rng=rng)
+    assert layer.direct
+    layer.params["bias"][:] = rng.standard_normal(4)
+    errors = layer_gradcheck(layer, rng.standard_normal((2, 3, 6, 5)))
     assert max(errors.values()) < TOL, errors
 
 
