@@ -8,7 +8,7 @@ import pytest
 
 from minircnn.gradcheck import gradcheck
 from minircnn.layers import RoIPool
-from minircnn.layers.roi_pool import roi_pool, roi_pool_backward
+from minircnn.layers.roi_pool import BACKWARD_CHANNEL_BLOCK, roi_pool, roi_pool_backward
 
 F4 = np.array(
     [[1, 8, 3, 4], [5, 2, 7, 16], [9, 14, 11, 12], [13, 10, 15, 6]],
@@ -111,9 +111,10 @@ def random_rois(rng, n, n_img, height, width, scale):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("ph,pw,scale", [(7, 7, 1 / 16), (3, 2, 1 / 8), (2, 2, 1.0)])
-def test_matches_loop_reference(dtype, ph, pw, scale):
+@pytest.mark.parametrize("channels", [3, BACKWARD_CHANNEL_BLOCK + 5])  # a partial last block
+def test_matches_loop_reference(dtype, ph, pw, scale, channels):
     rng = np.random.default_rng(1)
-    features = rng.standard_normal((2, 3, 9, 11)).astype(dtype)
+    features = rng.standard_normal((2, channels, 9, 11)).astype(dtype)
     rois = random_rois(rng, 25, 2, 9, 11, scale)
     out, arg = roi_pool(features, rois, (ph, pw), scale)
     ref_out, ref_arg = roi_pool_reference(features, rois, ph, pw, scale)

@@ -71,7 +71,9 @@ def roi_pool(
     argmax = np.empty((n_rois, n_ch, ph, pw), dtype=np.int32)
     # channels last for the scan: every cell of a bin is then one contiguous run of C
     # values, compared with C running maxima at once (SIMD), instead of C strided planes
-    channels_last = np.ascontiguousarray(features.transpose(0, 2, 3, 1))  # [N, H, W, C]
+    n_img, _, height, width = features.shape
+    channels_last = np.empty((n_img, height, width, n_ch), dtype=features.dtype)
+    _to_channels_last(features, channels_last)
     _roi_pool_kernel(channels_last, batch, h_lo, h_hi, w_lo, w_hi, out, argmax)
     return out, argmax
 
@@ -82,8 +84,8 @@ def roi_pool_backward(
     """Scatter-add ``grad_out [R, C, ph, pw]`` through ``argmax`` into the features.
 
     Returns ``grad_features`` of shape ``features_shape`` ``[N, C, H, W]``, grad_out's
-    dtype. Parallel over (image, channel) planes, each summing its own RoIs in index order:
-    no two threads write one place, and the result is deterministic.
+    dtype. Parallel over (image, block of channels), each plane summing its own RoIs in index
+    order: no two threads write one place, and the result is deterministic.
     """
     grad_out = np.ascontiguousarray(grad_out)
     if grad_out.shape != argmax.shape:
@@ -96,6 +98,23 @@ def roi_pool_backward(
     grad = np.empty(features_shape, dtype=grad_out.dtype)
     _roi_pool_backward_kernel(grad_out, np.ascontiguousarray(argmax), order, starts, grad)
     return grad
+
+
+@njit(parallel=True, cache=True)
+def _to_channels_last(features, out):
+    """features [N, C, H, W] -> out [N, H, W, C]. NumPy's strided copy is slow where a
+    plane's size is a multiple of 4 KiB (measured: 1.3 ms against 0.4 for [2, 64, 48, 64],
+    the training step's map): its inner loop then reads C addresses that all compete for
+    one set of the L1 cache. Here each thread writes its rows 16 channels at a time."""
+    n_img, n_ch, height, width = features.shape
+    for nh in prange(n_img * height):
+        n = nh // height
+        h = nh % height
+        dst = out[n, h]  # [W, C]
+        for c0 in range(0, n_ch, 16):
+            for w in range(width):
+                for c in range(c0, min(c0 + 16, n_ch)):
+                    dst[w, c] = features[n, c, h, w]
 
 
 @njit(parallel=True, cache=True)
@@ -138,20 +157,32 @@ def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
                 argmax_r[c, b] = best_idx[b, c]
 
 
+# Channels per task of the backward kernel: one RoI's gradient for a block of channels is
+# one contiguous read (32 x ph x pw values) instead of one short run per channel
+# (measured: 3.6 -> 1.8 ms for 256 RoIs of 256 channels at 7x7)
+BACKWARD_CHANNEL_BLOCK = 32
+
+
 @njit(parallel=True, cache=True)
 def _roi_pool_backward_kernel(grad_out, argmax, order, starts, grad):
     n_img, n_ch = grad.shape[:2]
-    for nc in prange(n_img * n_ch):
-        n = nc // n_ch
-        c = nc % n_ch
-        plane = grad[n, c].reshape(-1)  # flat views: argmax holds flat h*W + w indices
-        plane[:] = 0.0
+    n_bins = grad_out.shape[2] * grad_out.shape[3]
+    n_blocks = (n_ch + BACKWARD_CHANNEL_BLOCK - 1) // BACKWARD_CHANNEL_BLOCK
+    for nb in prange(n_img * n_blocks):
+        n = nb // n_blocks
+        c0 = (nb % n_blocks) * BACKWARD_CHANNEL_BLOCK
+        c1 = min(c0 + BACKWARD_CHANNEL_BLOCK, n_ch)
+        planes = grad[n, c0:c1].reshape(c1 - c0, -1)  # flat: argmax holds h*W + w
+        planes[:] = 0.0
         for k in range(starts[n], starts[n + 1]):
             r = order[k]
-            grads, winners = grad_out[r, c].reshape(-1), argmax[r, c].reshape(-1)  # [ph*pw]
-            for b in range(grads.size):
-                if winners[b] >= 0:  # -1: an empty bin, which took nothing
-                    plane[winners[b]] += grads[b]
+            grads = grad_out[r, c0:c1].reshape(c1 - c0, n_bins)
+            winners = argmax[r, c0:c1].reshape(c1 - c0, n_bins)
+            for c in range(c1 - c0):
+                plane = planes[c]
+                for b in range(n_bins):
+                    if winners[c, b] >= 0:  # -1: an empty bin, which took nothing
+                        plane[winners[c, b]] += grads[c, b]
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
