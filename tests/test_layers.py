@@ -14,7 +14,7 @@ from minircnn.layers import (
     SmoothL1Loss,
     SoftmaxCrossEntropy,
 )
-from minircnn.layers.conv import DIRECT_MAX_CHANNELS, col2im, im2col
+from minircnn.layers.conv import DIRECT_MAX_CHANNELS, col2im, conv2d_forward, im2col
 from minircnn.layers.pool import maxpool2d_forward, maxpool2x2_forward
 
 TOL = 1e-6
@@ -97,7 +97,8 @@ def layer_gradcheck(layer, x, seed=0):
 
 CONV_CASES = [
     # (N, C, H, W, F, k, stride, pad)
-    (1, 3, 7, 5, 4, 3, 1, 1),
+    (1, 3, 7, 5, 4, 3, 1, 1),  # 3 channels, 3x3, stride 1: the direct kernel
+    (2, 6, 7, 5, 4, 3, 1, 1),  # the same with 6 channels: im2col + GEMM
     (3, 2, 9, 8, 3, 3, 2, 1),
     (2, 4, 6, 6, 5, 1, 1, 0),
     (1, 2, 11, 7, 2, 5, 2, 2),
@@ -147,7 +148,9 @@ def test_direct_conv_matches_im2col_and_loop_reference(channels):
         layer = Conv2d(channels, 5, 3, padding=pad, dtype=np.float64, rng=rng)
         layer.params["bias"][:] = rng.standard_normal(5)
         w, b = layer.params["weight"], layer.params["bias"]
-        np.testing.assert_allclose(layer.forward(x), conv_reference(x, w, b, 1, pad), atol=1e-12)
+        y = layer.forward(x)
+        np.testing.assert_allclose(y, conv_reference(x, w, b, 1, pad), atol=1e-12)
+        np.testing.assert_allclose(y, conv2d_forward(x, w, b, 1, pad)[0], atol=1e-12)
         dy = rng.standard_normal((2, 5, 5 + 2 * pad, 8 + 2 * pad))
         dx = layer.backward(dy)
         dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, w, 1, pad)
@@ -159,6 +162,22 @@ def test_direct_conv_matches_im2col_and_loop_reference(channels):
         y32 = l32.forward(x.astype(np.float32))
         assert y32.dtype == np.float32
         np.testing.assert_allclose(y32, conv_reference(x, w, b, 1, pad), atol=1e-5)
+
+
+def test_direct_conv_backward_uses_the_latest_forward():
+    # backward builds its column matrix from the input of the forward just before it,
+    # whatever the shapes of earlier calls (the scratch buffers are reused across calls)
+    rng = np.random.default_rng(13)
+    layer = Conv2d(3, 4, 3, padding=1, dtype=np.float64, rng=rng)
+    w, b = layer.params["weight"], layer.params["bias"]
+    for shape in [(2, 3, 6, 7), (1, 3, 9, 5), (2, 3, 6, 7)]:
+        x = rng.standard_normal(shape)
+        np.testing.assert_allclose(layer.forward(x), conv_reference(x, w, b, 1, 1), atol=1e-12)
+        dy = rng.standard_normal((shape[0], 4, shape[2], shape[3]))
+        dx = layer.backward(dy)
+        dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, w, 1, 1)
+        np.testing.assert_allclose(dx, dx_ref, atol=1e-12)
+        np.testing.assert_allclose(layer.grads["weight"], dw_ref, atol=1e-12)
 
 
 def test_direct_conv_gradcheck():
@@ -182,11 +201,12 @@ def test_im2col_col2im_are_adjoint():
     assert np.isclose(np.sum(cols * c), np.sum(x * back), rtol=1e-12)
 
 
-def test_conv_float32_matches_float64():
+@pytest.mark.parametrize("channels", [3, 6])  # direct, im2col
+def test_conv_float32_matches_float64(channels):
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((2, 3, 10, 9))
-    l64 = Conv2d(3, 4, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(0))
-    l32 = Conv2d(3, 4, 3, padding=1, dtype=np.float32, rng=np.random.default_rng(0))
+    x = rng.standard_normal((2, channels, 10, 9))
+    l64 = Conv2d(channels, 4, 3, padding=1, dtype=np.float64, rng=np.random.default_rng(0))
+    l32 = Conv2d(channels, 4, 3, padding=1, dtype=np.float32, rng=np.random.default_rng(0))
     l32.params["weight"][:] = l64.params["weight"]
     y64 = l64.forward(x)
     y32 = l32.forward(x.astype(np.float32))
@@ -194,10 +214,11 @@ def test_conv_float32_matches_float64():
     np.testing.assert_allclose(y32, y64, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_non_contiguous_input():
+@pytest.mark.parametrize("channels", [3, 6])  # direct, im2col
+def test_conv_non_contiguous_input(channels):
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((2, 6, 3, 8)).transpose(0, 2, 1, 3)  # [2, 3, 6, 8], strided
-    layer = Conv2d(3, 2, 3, dtype=np.float64)
+    x = rng.standard_normal((2, 6, channels, 8)).transpose(0, 2, 1, 3)  # [2, C, 6, 8]
+    layer = Conv2d(channels, 2, 3, padding=1, dtype=np.float64)
     np.testing.assert_allclose(
         layer.forward(x), layer.forward(np.ascontiguousarray(x)), rtol=0, atol=0
     )
@@ -372,6 +393,21 @@ def test_smooth_l1():
     assert np.all(dpred[weights == 0] == 0)
     with pytest.raises(ValueError, match="target: expected shape"):
         loss_layer.forward(pred, target[:, :4], None)
+
+
+def test_smooth_l1_other_beta_and_the_kink():
+    # beta != 1 (the 1/beta must be there) in float32, with |d| exactly at beta (every value
+    # here is exact in float32) and on both sides of it
+    beta = 0.125
+    d = np.array([[0.0, 0.0625, beta, -beta, 0.25, -3.0]])
+    pred = (d + 0.5).astype(np.float32)
+    target = np.full_like(pred, 0.5)
+    a = np.abs(pred.astype(np.float64) - target)
+    ref = np.sum(np.where(a < beta, 0.5 * a**2 / beta, a - 0.5 * beta))
+    loss_layer = SmoothL1Loss(beta=beta)
+    assert np.isclose(loss_layer.forward(pred, target, None), ref, rtol=1e-6)
+    grad = loss_layer.backward()
+    np.testing.assert_allclose(grad, np.clip((pred - target) / beta, -1, 1), rtol=1e-6)
 
 
 def test_relative_error_definition():

@@ -103,7 +103,8 @@ def bench_default_convs(torch, repeats: int, rounds: int, quick: bool) -> list[d
     it (N = 2 images of 192 x 256, or 48 x 64 with ``quick``), doing what the step does:
     forward only in the frozen block, forward + dW for the first trained conv (no input
     gradient), forward + dW + dx above. Small C_in and large H x W: not the mid shapes
-    above, and where the im2col + GEMM convolution is least efficient."""
+    above, and where the im2col + GEMM convolution is least efficient (the first conv,
+    with 3 input channels, runs the direct kernel instead: see ``layers/conv.py``)."""
     from minircnn.model import FastRCNN, ModelConfig
 
     rng = np.random.default_rng(0)

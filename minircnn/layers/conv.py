@@ -15,7 +15,7 @@ write to the same place.
 One exception: a 3x3, stride-1 convolution of an input with few channels (the RGB image)
 runs as a direct convolution instead. Its product sums over only C*9 = 27 values, a
 shape too skinny for BLAS to run well (measured on the default network's first conv:
-1.8 ms as im2col + GEMM, 1.1 ms direct); the column matrix is then built only if
+1.8 ms as im2col + GEMM, 1.0 ms direct); the column matrix is then built only if
 backward asks for it (never, when the layer is frozen).
 """
 
@@ -117,8 +117,8 @@ DIRECT_MAX_CHANNELS = 4
 def direct_conv3x3(xp, weight, bias, y):
     """3x3, stride-1 convolution of a zero-padded input, without im2col.
 
-    xp: [N, C, H+2, W+2] (padding already applied); weight [F, C, 3, 3]; bias [F];
-    y (output): [N, F, H, W]. Parallel over output rows; each row of y accumulates one
+    xp: [N, C, H'+2, W'+2] (the input with its zero padding); weight [F, C, 3, 3];
+    bias [F]; y (output): [N, F, H', W']. Parallel over output rows; each row of y accumulates one
     input channel per pass, its nine taps unrolled so that the loop over w vectorises.
     ``contract`` only lets a*b + c become one fused multiply-add (one rounding instead of
     two): no reassociation, so the sum order is fixed.
@@ -153,7 +153,10 @@ def uses_direct_conv(n_ch: int, kh: int, kw: int, stride: int) -> bool:
 def conv2d_forward_direct(x, weight, bias, pad, padded=None):
     """Convolution forward by ``direct_conv3x3``: x [N, C, H, W], weight [F, C, 3, 3],
     bias [F], stride 1. Returns ``y [N, F, H', W']`` and the scratch ``padded
-    [N, C, H+2*pad, W+2*pad]``, which may be passed in again to be reused."""
+    [N, C, H+2*pad, W+2*pad]``, which a later call with the same ``pad`` may reuse (only
+    its interior is rewritten)."""
+    if weight.shape[2:] != (3, 3):
+        raise ValueError(f"conv2d_forward_direct: needs a 3x3 kernel, got {weight.shape}")
     n_img, n_ch, h_in, w_in = x.shape
     shape = (n_img, n_ch, h_in + 2 * pad, w_in + 2 * pad)
     if padded is None or padded.shape != shape or padded.dtype != x.dtype:
@@ -275,27 +278,28 @@ class Conv2d(Layer):
                 x, weight, bias, self.stride, self.padding, self._cols, self._products
             )
             self._cols = cols
-        self._cache = (cols, x, y.shape)
+        # the direct path keeps its input for backward's im2col (like ReLU and Linear)
+        self._cache = (cols, x if cols is None else None, x.shape, y.shape)
         return y
 
     def backward(self, dy: np.ndarray) -> np.ndarray | None:
         """dy: [N, F, H', W'] -> dx: [N, C, H, W] (None if need_input_grad is False)."""
-        cols, x, y_shape = require_forward(self._cache, "Conv2d")
+        cols, x, x_shape, y_shape = require_forward(self._cache, "Conv2d")
         dy = check_same_shape(dy, y_shape, "Conv2d")
         if cols is None:  # the direct forward built none
             kh, kw = self.kernel_size
-            cols_shape = (x.shape[1] * kh * kw, dy.shape[0] * dy.shape[2] * dy.shape[3])
+            cols_shape = (x_shape[1] * kh * kw, dy.shape[0] * dy.shape[2] * dy.shape[3])
             if self._cols is None or self._cols.shape != cols_shape:
                 self._cols = np.empty(cols_shape, dtype=self.dtype)
             cols = self._cols
             im2col(x, kh, kw, self.stride, self.padding, cols)
-            self._cache = (cols, x, y_shape)
+            self._cache = (cols, None, x_shape, y_shape)
         if self.need_input_grad and (self._dcols is None or self._dcols.shape != cols.shape):
             self._dcols = np.empty_like(cols)
         dx, dw, db = conv2d_backward(
             dy,
             cols,
-            x.shape,
+            x_shape,
             self.params["weight"],
             self.stride,
             self.padding,

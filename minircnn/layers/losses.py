@@ -57,7 +57,7 @@ def softmax_cross_entropy_backward(probs, labels, weights, dloss, dlogits):
         dlogits[b, labels[b]] -= scale
 
 
-# The smooth-L1 kernels are serial: even the RPN's ~10^5 anchor rows take well under a
+# The smooth-L1 kernels are serial: even the RPN's ~10^5 anchor rows take about a
 # millisecond, and a parallel kernel would add seconds of compilation to a cold start.
 @njit(cache=True)
 def smooth_l1_forward(pred, target, weights, beta):
