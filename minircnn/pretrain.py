@@ -13,10 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import skimage.transform
 
 from minircnn.checkpoint import load_model, save_checkpoint
-from minircnn.data.image import Preprocessing
+from minircnn.data.image import Preprocessing, resize_bilinear
 from minircnn.data.voc import VOCDataset
 from minircnn.layers import SoftmaxCrossEntropy
 from minircnn.model import Classifier, ModelConfig
@@ -158,6 +157,4 @@ def _warp(image, box, size):
     """Crop a box (0-based inclusive, float) and warp it to ``size x size`` (bilinear)."""
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     patch = image[y1 : max(y2, y1) + 1, x1 : max(x2, x1) + 1].astype(np.float32)
-    return skimage.transform.resize(
-        patch, (size, size), order=1, preserve_range=True, anti_aliasing=False
-    )
+    return resize_bilinear(patch, (size, size))

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import skimage.transform
 from PIL import Image
 
 from minircnn.data import toyvoc
+from minircnn.data.image import resize_bilinear
 from minircnn.data.voc import VOC_CLASSES, VOCDataset, VOCFormatError, check_devkit, main
 
 COUNTS = {"train": 3, "val": 2, "test": 2}
@@ -223,3 +225,28 @@ def test_check_reports_every_problem(tmp_path, capsys):
 
 def test_check_passes_on_toy_set(toy_root):
     assert [p for p in check_devkit(toy_root) if p.fatal] == []
+
+
+# ---------------------------------------------------------------- resizing
+@pytest.mark.parametrize(
+    "shape,size",
+    [((185, 237, 3), (192, 246)), ((249, 231, 3), (192, 178)), ((7, 5, 3), (32, 32)),
+     ((300, 200, 3), (32, 32)), ((1, 5, 1), (3, 4)), ((40, 30, 3), (40, 30))],
+)  # fmt: skip
+def test_resize_bilinear_matches_skimage(shape, size):
+    # the reference: scikit-image's bilinear resize without anti-aliasing, which
+    # minircnn used before its own kernel (up- and down-scaling, edges, one-pixel rows)
+    image = np.random.default_rng(7).uniform(0, 255, shape).astype(np.float32)
+    ours = resize_bilinear(image, size)
+    ref = skimage.transform.resize(image, size, order=1, anti_aliasing=False, preserve_range=True)
+    assert ours.dtype == np.float32 and ours.shape == ref.shape
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-3)
+
+
+def test_resize_bilinear_by_hand():
+    # 2 -> 4 pixels: output centres at input x = -0.25, 0.25, 0.75, 1.25; x = -0.25 mirrors
+    # to 0.25 (between pixels 0 and 1), 1.25 to 0.75
+    row = np.array([[[0.0], [4.0]]], dtype=np.float32)  # [1, 2, 1]
+    np.testing.assert_allclose(resize_bilinear(row, (1, 4))[0, :, 0], [1.0, 1.0, 3.0, 3.0])
+    with pytest.raises(ValueError, match="resize_bilinear"):
+        resize_bilinear(row[0], (2, 2))
