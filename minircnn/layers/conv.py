@@ -118,8 +118,9 @@ def direct_conv3x3(xp, weight, bias, y):
     """3x3, stride-1 convolution of a zero-padded input, without im2col.
 
     xp: [N, C, H'+2, W'+2] (the input with its zero padding); weight [F, C, 3, 3];
-    bias [F]; y (output): [N, F, H', W']. Parallel over output rows; each row of y accumulates one
-    input channel per pass, its nine taps unrolled so that the loop over w vectorises.
+    bias [F]; y (output): [N, F, H', W']. Parallel over output rows; each row of y
+    accumulates one input channel per pass, its nine taps unrolled so that the loop over
+    w vectorises.
     ``contract`` only lets a*b + c become one fused multiply-add (one rounding instead of
     two): no reassociation, so the sum order is fixed.
     """
