@@ -46,6 +46,8 @@ CASES = [
     # train: numbers are checked before any data is generated (--tiny would generate it)
     ("train", "--tiny --epochs -1", "--epochs"),
     ("train", "--tiny --lr nan", "--lr"),
+    ("train", "--tiny --epochs 4 --lr-drop 5", "--lr-drop"),
+    ("train", "--tiny --lr-drop 0", "--lr-drop"),
     ("train", "--tiny --max-images 0", "--max-images"),
     ("train", "--tiny --max-images 1", "--max-images"),
     ("train", "--tiny --jobs 0", "--jobs"),

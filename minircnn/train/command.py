@@ -59,6 +59,12 @@ def build_parser() -> cli.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     run.add_argument("--epochs", type=cli.positive_int, help=f"default {TrainConfig.epochs}")
     run.add_argument(
+        "--lr-drop",
+        type=cli.positive_int,
+        help="epoch after which the learning rate drops 10x "
+        f"(default {TrainConfig.lr_step_epochs[0]})",
+    )
+    run.add_argument(
         "--lr", type=cli.positive_finite_float, help=f"learning rate (default {TrainConfig.sgd.lr})"
     )
     run.add_argument("--seed", type=cli.non_negative_int, default=0, help="random seed (default 0)")
@@ -80,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tiny == bool(args.voc_root):
         parser.error("give exactly one of --tiny or --voc-root")
+    epochs = args.epochs or TrainConfig.epochs
+    if args.lr_drop is not None and args.lr_drop > epochs:
+        parser.error(f"argument --lr-drop: {args.lr_drop} is after the last epoch ({epochs})")
     sampler_config = SamplerConfig()
     if args.max_images is not None and args.max_images < sampler_config.images_per_batch:
         parser.error(
@@ -122,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     defaults = TrainConfig()
     train_config = replace(
         defaults,
-        epochs=args.epochs or defaults.epochs,
+        epochs=epochs,
+        lr_step_epochs=(args.lr_drop,) if args.lr_drop else defaults.lr_step_epochs,
         seed=args.seed,
         sgd=replace(defaults.sgd, lr=args.lr or defaults.sgd.lr),
     )
