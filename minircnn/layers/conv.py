@@ -170,6 +170,19 @@ def conv2d_forward_direct(x, weight, bias, pad, padded=None):
     return y, padded
 
 
+def unroll(x, kh, kw, stride, pad, cols=None):
+    """``im2col`` of x [N, C, H, W] into ``cols [C*kh*kw, N*H'*W']``, reusing ``cols``
+    (from an earlier call) when its shape and dtype fit; returns the column matrix."""
+    n_img, n_ch, h_in, w_in = x.shape
+    h_out = conv_output_size(h_in, kh, stride, pad)
+    w_out = conv_output_size(w_in, kw, stride, pad)
+    cols_shape = (n_ch * kh * kw, n_img * h_out * w_out)
+    if cols is None or cols.shape != cols_shape or cols.dtype != x.dtype:
+        cols = np.empty(cols_shape, dtype=x.dtype)
+    im2col(x, kh, kw, stride, pad, cols)
+    return cols
+
+
 def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None):
     """Convolution forward.
 
@@ -183,12 +196,9 @@ def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None):
     n_filt, n_ch, kh, kw = weight.shape
     h_out = conv_output_size(h_in, kh, stride, pad)
     w_out = conv_output_size(w_in, kw, stride, pad)
-    cols_shape = (n_ch * kh * kw, n_img * h_out * w_out)
-    if cols is None or cols.shape != cols_shape or cols.dtype != x.dtype:
-        cols = np.empty(cols_shape, dtype=x.dtype)
-    im2col(x, kh, kw, stride, pad, cols)
+    cols = unroll(x, kh, kw, stride, pad, cols)
     w2 = weight.reshape(n_filt, n_ch * kh * kw)  # [F, C*kH*kW], a view
-    products_shape = (n_filt, cols_shape[1])
+    products_shape = (n_filt, cols.shape[1])
     if products is None or products.shape != products_shape or products.dtype != x.dtype:
         products = np.empty(products_shape, dtype=x.dtype)
     np.matmul(w2, cols, out=products)  # [F, Ckk] @ [Ckk, N*H'W'] -> [F, N*H'W']
@@ -288,12 +298,7 @@ class Conv2d(Layer):
         cols, x, x_shape, y_shape = require_forward(self._cache, "Conv2d")
         dy = check_same_shape(dy, y_shape, "Conv2d")
         if cols is None:  # the direct forward built none
-            kh, kw = self.kernel_size
-            cols_shape = (x_shape[1] * kh * kw, dy.shape[0] * dy.shape[2] * dy.shape[3])
-            if self._cols is None or self._cols.shape != cols_shape:
-                self._cols = np.empty(cols_shape, dtype=self.dtype)
-            cols = self._cols
-            im2col(x, kh, kw, self.stride, self.padding, cols)
+            cols = self._cols = unroll(x, *self.kernel_size, self.stride, self.padding, self._cols)
             self._cache = (cols, None, x_shape, y_shape)
         if self.need_input_grad and (self._dcols is None or self._dcols.shape != cols.shape):
             self._dcols = np.empty_like(cols)
