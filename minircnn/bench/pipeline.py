@@ -304,9 +304,11 @@ def first_training_step(t_start: float) -> None:
     print as one JSON line how long each phase took (s): the imports since ``t_start``
     (``import_s``), building the model and batch (``build_s``), the first step, which
     compiles or loads every kernel (``first_step_s``), and the second (``second_step_s``)."""
+    from minircnn.layers.warmup import compile_ahead
     from minircnn.model import FastRCNN, ModelConfig
 
     marks = [t_start, time.perf_counter()]
+    compile_ahead()  # as `python -m minircnn.train` does once its input is checked
     rng = np.random.default_rng(0)
     model = FastRCNN(ModelConfig(num_classes=5), rng)
     trainer = fixed_batch_trainer(model, training_batch(rng, model.config.num_classes))
