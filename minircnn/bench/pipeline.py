@@ -308,7 +308,7 @@ def first_training_step(t_start: float) -> None:
     from minircnn.model import FastRCNN, ModelConfig
 
     marks = [t_start, time.perf_counter()]
-    compile_ahead()  # as `python -m minircnn.train` does once its input is checked
+    compile_ahead()  # as `fit` does before pre-training
     rng = np.random.default_rng(0)
     model = FastRCNN(ModelConfig(num_classes=5), rng)
     trainer = fixed_batch_trainer(model, training_batch(rng, model.config.num_classes))

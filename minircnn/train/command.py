@@ -11,7 +11,6 @@ from minircnn import cli
 from minircnn.data.sampling import SamplerConfig
 from minircnn.data.voc import UnknownClassError, VOCDataset
 from minircnn.faster_rcnn import RPNConfig
-from minircnn.layers.warmup import compile_ahead
 from minircnn.model import ModelConfig
 from minircnn.pretrain import PretrainConfig
 from minircnn.train.fit import fit
@@ -142,7 +141,6 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.pretrain_iterations or PretrainConfig.iterations,
         seed=args.seed,
     )
-    compile_ahead()  # on a first run, a helper process compiles kernels meanwhile
     try:
         trainer = fit(
             dataset,

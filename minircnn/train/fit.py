@@ -11,6 +11,7 @@ from minircnn.data.image import Preprocessing, pixel_statistics
 from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
 from minircnn.data.voc import VOCDataset
 from minircnn.faster_rcnn import FasterRCNN, RPNConfig
+from minircnn.layers.warmup import compile_ahead
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.pretrain import PretrainConfig, load_or_pretrain
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
@@ -56,6 +57,9 @@ def fit(
             dataset, proposal_config, proposal_cache, jobs, scheduler, progress=progress
         )
         wall["proposals"], t0 = time.perf_counter() - t0, time.perf_counter()
+    # on a first run a helper process compiles the kernels while this one starts on them;
+    # not before the proposals, whose workers keep every core busy
+    compile_ahead()
     mean, std = pixel_statistics(dataset)
     preprocessing = Preprocessing(tuple(mean), tuple(std), **(image_sizes or {}))
     model_config = model_config or ModelConfig(num_classes=dataset.num_classes)
