@@ -130,6 +130,10 @@ class FasterRCNN(_Network):
         dfeatures += self.rpn.backward(drpn_scores, drpn_deltas)
         self.fast.backbone.backward(dfeatures)
 
+    def backward_rpn(self, drpn_scores, drpn_deltas) -> None:
+        """The RPN's loss alone into its head and the convs (alternating training)."""
+        self.fast.backbone.backward(self.rpn.backward(drpn_scores, drpn_deltas))
+
     def named_layers(self):
         return [*self.fast.named_layers(), *self.rpn.named_layers()]
 

@@ -85,8 +85,9 @@ class Backbone:
         self.set_frozen(frozen_blocks)
 
     def set_frozen(self, n: int) -> None:
-        if not 0 <= n < len(self.blocks):
-            raise ValueError(f"freeze_blocks must be in [0, {len(self.blocks) - 1}], got {n}")
+        """Leave the first ``n`` blocks out of backward (all of them: no conv is trained)."""
+        if not 0 <= n <= len(self.blocks):
+            raise ValueError(f"freeze_blocks must be in [0, {len(self.blocks)}], got {n}")
         self.frozen_blocks = n
         for b, (layers, _) in enumerate(self.blocks):
             for j, (_, conv, _) in enumerate(layers):

@@ -80,17 +80,16 @@ def save_detection_grid(dataset, per_image: dict, path, n: int = 8, min_score: f
 
 
 def plot_losses(log: list[dict], path) -> Path | None:
-    """Loss terms of a training log (rows with iteration, loss, loss_cls, loss_loc, and
-    loss_rpn_cls, loss_rpn_reg for Faster R-CNN) against iteration, as a moving average
+    """Loss terms of a training log (rows with iteration, loss, and those of loss_cls,
+    loss_loc, loss_rpn_cls, loss_rpn_reg that the run has) against iteration, as a moving average
     over 20 iterations, saved as PNG."""
     if not log:
         return None
     fig, ax = plt.subplots(figsize=(6, 3.5))
     its = np.array([r["iteration"] for r in log])
     terms = [("loss", "total"), ("loss_cls", "L_cls"), ("loss_loc", "L_loc")]
-    if "loss_rpn_cls" in log[0]:
-        terms += [("loss_rpn_cls", "RPN L_cls"), ("loss_rpn_reg", "RPN L_reg")]
-    for key, label in terms:
+    terms += [("loss_rpn_cls", "RPN L_cls"), ("loss_rpn_reg", "RPN L_reg")]
+    for key, label in (t for t in terms if t[0] in log[0]):
         values = np.array([r[key] for r in log])
         k = min(20, len(values))
         smooth = np.convolve(values, np.ones(k) / k, mode="valid")

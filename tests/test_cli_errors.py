@@ -59,6 +59,8 @@ CASES = [
     ("train", "--voc-root toy --classes disc,plane", "--classes disc,plane"),
     ("train", "--voc-root toy --name other --resume", "runs/other/checkpoint.npz"),
     ("train", "--tiny --proposals edge-boxes", "--proposals"),
+    ("train", "--tiny --rpn-training alternating", "--rpn-training"),
+    ("train", "--tiny --proposals rpn --rpn-training alternating --resume", "--resume"),
     # evaluate: arguments, then each kind of bad checkpoint, then the data set
     ("evaluate", "--checkpoint good.npz --root toy --svd-rank 2.5", "--svd-rank"),
     ("evaluate", "--checkpoint good.npz --root toy --scales 0,-5", "--scales"),

@@ -52,6 +52,12 @@ def build_parser() -> cli.ArgumentParser:
         help="selective-search: Fast R-CNN on cached selective-search proposals (default); "
         "rpn: Faster R-CNN, whose region proposal network is trained with it",
     )
+    data.add_argument(
+        "--rpn-training",
+        choices=("joint", "alternating"),
+        help="with --proposals rpn: approximate joint training (default) or the paper's "
+        "4-step alternating training (no --resume)",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--name", help="run folder under runs/ (default: tiny or voc, -rpn added with rpn)"
@@ -96,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{sampler_config.images_per_batch} images of one mini-batch"
         )
     rpn = args.proposals == "rpn"
+    if args.rpn_training and not rpn:
+        parser.error("argument --rpn-training: only with --proposals rpn")
+    alternating = args.rpn_training == "alternating"
+    if alternating and args.resume:
+        parser.error("argument --resume: alternating training cannot be resumed")
     default_name = ("tiny" if args.tiny else "voc") + ("-rpn" if rpn else "")
     run_dir = Path("runs") / (args.name or default_name)
     if args.resume:  # fail before generating or reading any data
@@ -154,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.quiet,
             scheduler=args.scheduler,
             rpn_config=RPNConfig() if rpn else None,
+            alternating=alternating,
         )
     except TrainingDiverged as err:  # not bad input: status 1
         print(f"error: {err}", file=sys.stderr)

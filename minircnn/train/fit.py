@@ -15,6 +15,7 @@ from minircnn.layers.warmup import compile_ahead
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.pretrain import PretrainConfig, load_or_pretrain
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
+from minircnn.train.alternating import train_alternating
 from minircnn.train.joint import JointTrainer
 from minircnn.train.trainer import TrainConfig, Trainer
 
@@ -35,6 +36,7 @@ def fit(
     progress: bool = True,
     scheduler: str | None = None,
     rpn_config: RPNConfig | None = None,
+    alternating: bool = False,
 ) -> Trainer:
     """The whole training procedure on ``dataset``: proposals (cached), pixel statistics,
     classifier pre-training (cached) and conversion (section 2.2), then fine-tuning into
@@ -43,8 +45,9 @@ def fit(
     the trained FastRCNN or FasterRCNN); ``trainer.wall`` holds the seconds each phase
     took. ``jobs`` and ``scheduler`` say where selective search runs
     (``proposals.cache.load_or_compute``).
-    With an ``rpn_config``, trains a Faster R-CNN instead (its RPN makes the proposals,
-    ``minircnn.train.joint``): no selective search at all.
+    With an ``rpn_config``, trains a Faster R-CNN instead (its RPN makes the proposals):
+    no selective search at all; by approximate joint training (``train.joint``), or with
+    ``alternating`` by the 4-step alternating scheme (``train.alternating``; no resume).
     Raises TrainingDiverged, or SchedulerError for an unusable ``scheduler``."""
     train_config = train_config or TrainConfig()
     pretrain_config = pretrain_config or PretrainConfig()
@@ -82,6 +85,7 @@ def fit(
         "sampler": asdict(sampler_config),
         "proposals": asdict(proposal_config) if rpn_config is None else "rpn",
         "rpn": asdict(rpn_config) if rpn_config is not None else None,
+        "rpn_training": None if rpn_config is None else ("alternating" if alternating else "joint"),
         "preprocessing": asdict(preprocessing),
         "data": {
             "root": str(dataset.root),
@@ -92,8 +96,16 @@ def fit(
     }
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     sampler = HierarchicalSampler(dataset, proposals, sampler_config, preprocessing, rng)
-    trainer_class = Trainer if rpn_config is None else JointTrainer
-    trainer = trainer_class(model, sampler, train_config, run_dir, header, rng)
+
+    def make_trainer(trainer_class, net, folder, *extra):
+        return trainer_class(net, *extra, sampler, train_config, folder, header, rng)
+
+    if rpn_config is not None and alternating:
+        fresh = FastRCNN.from_classifier(classifier, model_config, rng)  # step 2's start
+        trainer, steps = train_alternating(model, fresh, run_dir, make_trainer, progress)
+        trainer.wall = {**wall, **steps}
+        return trainer
+    trainer = make_trainer(Trainer if rpn_config is None else JointTrainer, model, run_dir)
     if resume:
         trainer.resume(trainer.checkpoint_path)
         print(f"resumed from {trainer.checkpoint_path} at epoch {trainer.epoch}")

@@ -31,9 +31,7 @@ class JointTrainer(Trainer):
 
     def step(self, image_indices) -> StepResult:
         """One SGD iteration of Faster R-CNN on the images ``image_indices``."""
-        views = [self.sampler.view(i) for i in image_indices]  # mirrored, rescaled
-        images = pad_batch([v.image for v in views])  # [N, 3, H, W]
-        sizes = [v.image.shape[1:] for v in views]  # before padding
+        views, images, sizes = self._views(image_indices)
         features, rpn_scores, rpn_deltas = self.model.train().forward_rpn(images)
         targets = self._anchor_targets(views, sizes, rpn_scores.shape)  # section 3.1.2
         rpn_losses = self.rpn_loss.forward(rpn_scores, rpn_deltas, *targets)  # RPN eq. 1
@@ -53,6 +51,12 @@ class JointTrainer(Trainer):
         self.iteration += 1
         accuracy = float(np.mean(cls_score.argmax(axis=1) == batch.labels))
         return StepResult(losses, grad_norm, accuracy, rpn_losses)
+
+    def _views(self, image_indices):
+        """The images as this step sees them (mirrored, rescaled), their padded batch
+        ``[N, 3, H, W]`` and each one's (height, width) before padding."""
+        views = [self.sampler.view(i) for i in image_indices]
+        return views, pad_batch([v.image for v in views]), [v.image.shape[1:] for v in views]
 
     def _anchor_targets(self, views, sizes, rpn_shape):
         """Labels and regression targets of every anchor of the batch's feature map."""

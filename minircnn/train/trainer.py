@@ -45,10 +45,10 @@ class TrainConfig:
 
 
 class StepResult(NamedTuple):
-    """What one iteration reports: the loss terms, the gradient norm, the RoI accuracy,
-    and (Faster R-CNN) the RPN's loss terms."""
+    """What one iteration reports: the loss terms (None in a step that trains the RPN
+    alone), the gradient norm, the RoI accuracy, and (Faster R-CNN) the RPN's loss terms."""
 
-    losses: LossTuple
+    losses: LossTuple | None
     grad_norm: float
     accuracy: float
     rpn_losses: RPNLossTuple | None = None
@@ -77,7 +77,7 @@ class Trainer:
         self.header = header
         self.iters_per_epoch = len(sampler.usable) // (sampler.config.images_per_batch)
         steps = tuple(e * self.iters_per_epoch for e in config.lr_step_epochs)
-        self.optimizer = SGD(model.params(trainable_only=True), replace(config.sgd, steps=steps))
+        self.optimizer = SGD(self.trained_params(), replace(config.sgd, steps=steps))
         self.loss = MultiTaskLoss(loc_weight=1.0)
         self.iteration, self.epoch, self.log = 0, 0, []
         self._saved = False  # whether checkpoint_path holds this run's state
@@ -87,6 +87,10 @@ class Trainer:
         time_calls(self.timer, "sampling", sampler, "batch")
         time_calls(self.timer, "loss", self.loss, "forward", "backward")
         time_calls(self.timer, "sgd", self.optimizer, "step")
+
+    def trained_params(self) -> dict[str, np.ndarray]:
+        """The parameters SGD updates: the model's trainable ones."""
+        return self.model.params(trainable_only=True)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -133,12 +137,12 @@ class Trainer:
                 self.steps_done += 1
                 self.log.append(_log_row(self.iteration - 1, epoch, result, lr))
                 rate = done * len(indices) / max(time.perf_counter() - t_epoch, 1e-9)
-                losses, shown = result.losses, {}
+                shown = {}
                 if result.rpn_losses is not None:
-                    shown = {"rpn": f"{result.rpn_losses.total:.3f}"}
-                bar.set_postfix(
-                    **shown, cls=f"{losses.cls:.3f}", loc=f"{losses.loc:.3f}", img_s=f"{rate:.1f}"
-                )
+                    shown["rpn"] = f"{result.rpn_losses.total:.3f}"
+                if result.losses is not None:
+                    shown.update(cls=f"{result.losses.cls:.3f}", loc=f"{result.losses.loc:.3f}")
+                bar.set_postfix(**shown, img_s=f"{rate:.1f}")
             self.epoch = epoch + 1
             self.save()
         return self.log
@@ -236,16 +240,11 @@ def read_resume_state(
 def _log_row(iteration: int, epoch: int, result: StepResult, lr: float) -> dict:
     """One row of log.csv; ``loss`` is the whole objective (with the RPN's, if any)."""
     losses, rpn = result.losses, result.rpn_losses
-    row = {
-        "iteration": iteration,
-        "epoch": epoch,
-        "loss": losses.total + (rpn.total if rpn is not None else 0.0),
-        "loss_cls": losses.cls,
-        "loss_loc": losses.loc,
-        "accuracy": result.accuracy,
-        "grad_norm": result.grad_norm,
-        "lr": lr,
-    }
+    row = {"iteration": iteration, "epoch": epoch}
+    row["loss"] = sum(term.total for term in (losses, rpn) if term is not None)
+    if losses is not None:
+        row.update(loss_cls=losses.cls, loss_loc=losses.loc, accuracy=result.accuracy)
+    row.update(grad_norm=result.grad_norm, lr=lr)
     if rpn is not None:
         row.update(loss_rpn_cls=rpn.cls, loss_rpn_reg=rpn.reg)
     return row

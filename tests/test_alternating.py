@@ -1,0 +1,124 @@
+"""4-step alternating training: which parameters each step moves, and that the four
+steps leave one network whose convs are step 2's, RPN head step 3's and Fast R-CNN
+layers step 4's."""
+
+import numpy as np
+import pytest
+
+from minircnn.checkpoint import read_checkpoint
+from minircnn.data import toyvoc
+from minircnn.data.image import Preprocessing
+from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
+from minircnn.data.voc import VOCDataset
+from minircnn.faster_rcnn import FasterRCNN, RPNConfig
+from minircnn.model import FastRCNN, ModelConfig
+from minircnn.optim import SGDConfig
+from minircnn.rpn import AnchorConfig, RPNProposalConfig
+from minircnn.train import TrainConfig
+from minircnn.train.alternating import FixedRPNTrainer, RPNTrainer, train_alternating
+
+SMALL = ModelConfig(
+    num_classes=5, conv_channels=(8, 16), convs_per_block=(1, 2), roi_size=2, fc_dims=(32, 32)
+)
+SMALL_RPN = RPNConfig(
+    anchors=AnchorConfig(scales=(16.0, 32.0, 64.0)),
+    proposals=RPNProposalConfig(train_pre_nms_top_n=300, train_post_nms_top_n=100),
+)
+PRE = Preprocessing((110.0,) * 3, (60.0,) * 3, short_side=96, max_side=128)
+BACKBONE = ("conv1_1", "conv2_1", "conv2_2")
+RPN = ("rpn_conv", "rpn_cls_score", "rpn_bbox_pred")
+FAST = ("fc6", "fc7", "cls_score", "bbox_pred")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toyalt") / "toy"
+    toyvoc.generate(
+        root, seed=3, counts={"train": 4, "val": 0, "test": 0}, min_size=96, max_size=120
+    )
+    return VOCDataset(root, split="train")
+
+
+def _make_trainer(ds, rng, epochs=1):
+    sampler = HierarchicalSampler(ds, None, SamplerConfig(rois_per_batch=32), PRE, rng)
+    config = TrainConfig(epochs=epochs, sgd=SGDConfig(lr=0.01))
+
+    def make(cls, net, folder, *extra):
+        return cls(net, *extra, sampler, config, folder, {"classes": list(ds.classes)}, rng)
+
+    return make
+
+
+def _moved(before: dict, model) -> set[str]:
+    """The layers (name before the dot) with a parameter that changed."""
+    return {k.split(".")[0] for k, v in model.params().items() if not np.array_equal(v, before[k])}
+
+
+def _snapshot(model) -> dict:
+    return {k: v.copy() for k, v in model.params().items()}
+
+
+def test_rpn_step_moves_the_rpn_and_trained_convs_only(toy, tmp_path):
+    rng = np.random.default_rng(0)
+    model = FasterRCNN(SMALL, SMALL_RPN, rng)  # block 1 frozen by default
+    trainer = _make_trainer(toy, rng)(RPNTrainer, model, tmp_path)
+    before = _snapshot(model)
+    result = trainer.step([0, 1])
+    assert result.losses is None and np.isfinite(result.rpn_losses.total)
+    assert _moved(before, model) == {"conv2_1", "conv2_2", *RPN}
+    model.fast.backbone.set_frozen(2)  # step 3: all convs fixed
+    trainer = _make_trainer(toy, rng)(RPNTrainer, model, tmp_path)
+    before = _snapshot(model)
+    trainer.step([0, 1])
+    assert _moved(before, model) == set(RPN)
+
+
+def test_fixed_rpn_step_moves_fast_rcnn_only(toy, tmp_path):
+    rng = np.random.default_rng(1)
+    proposer = FasterRCNN(SMALL, SMALL_RPN, rng)
+    model = FasterRCNN(SMALL, SMALL_RPN, rng)
+    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, proposer)
+    before, proposer_before = _snapshot(model), _snapshot(proposer)
+    result = trainer.step([0, 1])
+    assert np.isfinite(result.losses.total) and result.rpn_losses is None
+    assert _moved(before, model) == {"conv2_1", "conv2_2", *FAST}
+    assert _moved(proposer_before, proposer) == set()
+    model.fast.backbone.set_frozen(2)  # step 4: the model proposes for itself
+    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, model)
+    before = _snapshot(model)
+    trainer.step([0, 1])
+    assert _moved(before, model) == set(FAST)
+
+
+def test_four_steps_share_step_twos_convs(toy, tmp_path):
+    rng = np.random.default_rng(2)
+    first = FasterRCNN(SMALL, SMALL_RPN, rng)
+    fresh = FastRCNN(SMALL, rng)
+    start_rpn = _snapshot(first)
+    trainer, wall = train_alternating(first, fresh, tmp_path, _make_trainer(toy, rng), False)
+    assert list(wall) == [
+        "step 1 (RPN)",
+        "step 2 (Fast R-CNN)",
+        "step 3 (RPN head)",
+        "step 4 (Fast R-CNN head)",
+    ]
+    final = trainer.model
+    assert final.fast is fresh and final.rpn is first.rpn
+    assert final.fast.backbone.frozen_blocks == SMALL.freeze_blocks  # restored
+    steps = {
+        k: read_checkpoint(tmp_path / "alternating" / f"step{k}" / "checkpoint.npz")[1]
+        for k in (1, 2, 3)
+    }
+    steps[4] = read_checkpoint(tmp_path / "checkpoint.npz")[1]
+
+    def layer(k, name):
+        return {p: v for p, v in steps[k].items() if p.startswith(f"param/{name}.")}
+
+    def same(a, b, names):
+        return all(np.array_equal(v, layer(b, n)[p]) for n in names for p, v in layer(a, n).items())
+
+    assert not same(1, 2, ["conv2_1"])  # step 2 trained its own convs from the classifier
+    assert same(2, 3, BACKBONE) and same(3, 4, BACKBONE)  # then kept them
+    assert same(1, 2, RPN) and not same(2, 3, RPN) and same(3, 4, RPN)
+    assert not same(3, 4, FAST)  # step 4 trained the Fast R-CNN layers
+    assert not np.array_equal(start_rpn["rpn_conv.weight"], final.params()["rpn_conv.weight"])
