@@ -10,7 +10,8 @@ anyway, instead of a separate algorithm per image.
 The backbone, RoI pooling and heads are a ``FastRCNN``'s (``self.fast``); the RPN
 (``minircnn.rpn``) adds a 3x3 conv and two 1x1 convs. Trained by approximate joint
 training (section 3.2): the RPN loss and the Fast R-CNN loss both flow into the shared
-convs, and the proposals are treated as constants (``minircnn.train.joint``).
+convs, and the proposals are treated as constants (``minircnn.train.joint``); or by the
+4-step alternating scheme of the same section (``minircnn.train.alternating``).
 """
 
 from dataclasses import dataclass

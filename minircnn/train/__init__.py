@@ -4,6 +4,7 @@
     python -m minircnn.train --voc-root VOCdevkit --classes car,cat,dog --max-images 300
     python -m minircnn.train --tiny --resume             # continue from runs/tiny/checkpoint.npz
     python -m minircnn.train --tiny --proposals rpn      # Faster R-CNN, into runs/tiny-rpn
+    python -m minircnn.train --tiny --proposals rpn --rpn-training alternating  # 4 steps
 
 Each step (section 2.3): sample N = 2 images and R = 128 RoIs, forward, multi-task loss
 (eq. 1), backward through RoI pooling into the convs, momentum SGD. A checkpoint is written
@@ -12,7 +13,9 @@ iteration, random state) and to detect (config, classes, pixel statistics, box-t
 normalisation). A NaN or infinite loss stops the run and leaves the last good checkpoint.
 
 With ``--proposals rpn`` the model is a Faster R-CNN and each step also trains its region
-proposal network on the same feature map (approximate joint training, ``train.joint``).
+proposal network on the same feature map (approximate joint training, ``train.joint``);
+``--rpn-training alternating`` trains it by the paper's 4-step alternating scheme instead
+(``train.alternating``).
 """
 
 from minircnn.train.command import main, report_timing

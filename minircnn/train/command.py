@@ -170,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as err:  # not bad input: status 1
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"\ntrained {trainer.iteration} iterations; checkpoint {trainer.checkpoint_path}")
+    steps = "4 steps of " if alternating else ""
+    print(f"\ntrained {steps}{trainer.iteration} iterations; checkpoint {trainer.checkpoint_path}")
     phases = {"data": t_data, **trainer.wall}
     print(
         "wall time: "
