@@ -61,6 +61,7 @@ CASES = [
     ("train", "--tiny --proposals edge-boxes", "--proposals"),
     ("train", "--tiny --rpn-training alternating", "--rpn-training"),
     ("train", "--tiny --proposals rpn --rpn-training alternating --resume", "--resume"),
+    ("train", "--voc-root toy --proposals rpn --name alt --resume", "runs/alt/checkpoint.npz"),
     # evaluate: arguments, then each kind of bad checkpoint, then the data set
     ("evaluate", "--checkpoint good.npz --root toy --svd-rank 2.5", "--svd-rank"),
     ("evaluate", "--checkpoint good.npz --root toy --scales 0,-5", "--scales"),
@@ -108,6 +109,8 @@ def make_inputs(work: Path) -> None:
     save_checkpoint(
         work / "runs/other/checkpoint.npz", FastRCNN(CONFIG), {**HEADER, "train_state": {}}
     )
+    alternating = {**HEADER, "train_state": {}, "rpn_training": "alternating"}
+    save_checkpoint(work / "runs/alt/checkpoint.npz", FasterRCNN(CONFIG), alternating)
 
 
 def run_command(command: str, args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -302,7 +302,8 @@ def first_training_step(t_start: float) -> None:
     """cold_start's child process: build the default FastRCNN and a synthetic training
     batch (no data set, selective search or pre-training), run two Trainer steps, and
     print as one JSON line how long each phase took (s): the imports since ``t_start``
-    (``import_s``), building the model and batch (``build_s``), the first step, which
+    (``import_s``), starting the compiling helper when the cache is cold
+    (``layers.warmup``) and building the model and batch (``build_s``), the first step, which
     compiles or loads every kernel (``first_step_s``), and the second (``second_step_s``)."""
     from minircnn.layers.warmup import compile_ahead
     from minircnn.model import FastRCNN, ModelConfig

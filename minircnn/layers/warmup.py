@@ -1,23 +1,28 @@
 """Compile the training kernels in a helper process while this one starts training.
 
 Numba compiles each kernel on its first call and keeps the machine code in its on-disk
-cache (``cache=True``), so only a first run pays: about 14 s here for the kernels one
-training step uses, most of the time to that step's end. One process compiles one kernel
-at a time (Numba holds a process-wide lock), but a second process can compile others
-meanwhile: ``compile_ahead`` starts ``python -m minircnn.layers.warmup``, which calls
-each kernel of ``KERNEL_CALLS`` once on tiny float32 arrays, in the *reverse* of the
-order training first needs them. The two processes meet in the middle; each kernel that
-this process reaches after the helper has compiled it is loaded from the cache in a few
-milliseconds instead of compiled. A helper only starts when the cache is cold.
+cache (``cache=True``), so only a first run pays: about 14 s of compiling here for the
+kernels of a Fast R-CNN training step, most of the time to that step's end. One process compiles one
+kernel at a time (Numba holds a process-wide lock), but a second process can compile
+others meanwhile: ``compile_ahead`` starts ``python -m minircnn.layers.warmup``, which
+calls each kernel of ``KERNEL_CALLS`` once on tiny arrays, in the *reverse* of the order
+training first needs them. The two processes meet in the middle; each kernel that this
+process reaches after the helper has compiled it is loaded from the cache in a few
+milliseconds instead of compiled (``python -m minircnn.bench --sections cold_start``:
+18.5-23 s to the end of the first step before, 10.8 s with the helper). A helper only
+starts when the cache is cold.
 
-The tiny calls must give each kernel the argument types training gives it (dtypes,
-dimensions, contiguity, int64 scalars), or the helper compiles a version nobody loads;
-tests/test_warmup.py checks that a training step finds all of them in the cache.
+The kernels are those of pre-training, of a Fast R-CNN step and of a Faster R-CNN step
+(IoU for the anchor targets, NMS for the proposals); not evaluation's, nor dropout's
+(off by default). The tiny calls must give each kernel the argument types training gives
+it (dtypes, dimensions, contiguity, int64 scalars), or the helper compiles a version
+nobody loads; tests/test_warmup.py checks that training steps find them all in the cache.
 """
 
 import atexit
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -32,6 +37,8 @@ from minircnn.layers.losses import (
 )
 from minircnn.layers.pool import maxpool2d_backward, maxpool2x2_forward
 from minircnn.layers.roi_pool import roi_pool, roi_pool_backward
+from minircnn.ops.boxes import box_iou
+from minircnn.ops.nms import nms
 
 
 def _f(*shape: int) -> np.ndarray:
@@ -46,14 +53,16 @@ _ROI = np.array([[0, 0, 0, 3, 3]], dtype=np.float32)
 
 # (function, arguments): calling each compiles one kernel (roi_pool two), in the order a
 # training step first needs them (pre-training's classifier step needs a subset, in the
-# same order): the image resize, the backbone's forward, RoI pooling, the losses, then
-# the backward pass
+# same order): the image resize, the backbone's forward, Faster R-CNN's anchor IoUs and
+# proposal NMS, RoI pooling, the losses, then the backward pass
 KERNEL_CALLS = (
     (resize_bilinear, (_f(2, 2, 3), (3, 3))),
     (conv2d_forward_direct, (_f(1, 3, 2, 2), _f(1, 3, 3, 3), _f(1), 1)),
     (relu_forward, (_f(1), _f(1))),
     (maxpool2x2_forward, (_f(1, 1, 2, 2), _f(1, 1, 1, 1), _i(1, 1, 1, 1))),
     (unroll, (_f(1, 1, 2, 2), 3, 3, 1, 1)),  # im2col
+    (box_iou, (_f(1, 4), _f(1, 4))),
+    (nms, (_f(2, 4), _f(2), 0.7, 1)),
     (roi_pool, (_f(1, 1, 4, 4), _ROI, (2, 2), 1.0)),
     (softmax_cross_entropy_forward, (_f(1, 2), _i(1), _f(1), _f(1, 2))),
     (smooth_l1_forward, (_f(1, 4), _f(1, 4), _f(1, 4), 1.0)),
@@ -72,8 +81,11 @@ def compile_ahead() -> subprocess.Popen | None:
     """Start the helper process (see the module doc) if Numba's cache is cold, and return
     it; None if the cache is warm or this process has compiled its kernels already. The
     probe is ``relu_forward``, which training needs early anyway: a cache miss means a
-    first run. The helper is stopped when this process exits."""
+    first run. The helper is stopped when this process exits normally (on a kill, it
+    finishes its few seconds of compiling on its own)."""
     global _helper
+    if not hasattr(relu_forward, "signatures"):  # NUMBA_DISABLE_JIT: nothing is compiled
+        return None
     if _helper is not None or relu_forward.signatures:  # started, or kernels compiled here
         return None
     relu_forward(_f(1), _f(1))
@@ -85,6 +97,7 @@ def compile_ahead() -> subprocess.Popen | None:
         stderr=subprocess.DEVNULL,
     )
     atexit.register(_stop_helper)
+    threading.Thread(target=_helper.wait, daemon=True).start()  # reaped when it ends
     return _helper
 
 

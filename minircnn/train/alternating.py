@@ -108,14 +108,16 @@ def train_alternating(first: FasterRCNN, fresh: FastRCNN, run_dir, make_trainer,
         (RPNTrainer, model, steps_dir / "step3", ()),
         (FixedRPNTrainer, model, run_dir, (model,)),
     ]
-    for k, (cls, net, folder, extra) in enumerate(plan):
-        if k == 2:  # from step 3 on, the shared convs stay as step 2 left them
-            model.fast.backbone.set_frozen(len(model.fast.backbone.blocks))
-        t0 = time.perf_counter()
-        trainer = make_trainer(cls, net, folder, *extra)
-        if progress:
-            print(f"alternating training, {STEPS[k]}")
-        trainer.run(progress=progress)
-        wall[STEPS[k]] = time.perf_counter() - t0
-    model.fast.backbone.set_frozen(frozen_default)
+    try:
+        for k, (cls, net, folder, extra) in enumerate(plan):
+            if k == 2:  # from step 3 on, the shared convs stay as step 2 left them
+                model.fast.backbone.set_frozen(len(model.fast.backbone.blocks))
+            t0 = time.perf_counter()
+            trainer = make_trainer(cls, net, folder, *extra)
+            if progress:
+                print(f"alternating training, {STEPS[k]}")
+            trainer.run(progress=progress)
+            wall[STEPS[k]] = time.perf_counter() - t0
+    finally:  # the model as built, also when a step diverged
+        model.fast.backbone.set_frozen(frozen_default)
     return trainer, wall

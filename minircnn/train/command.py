@@ -60,7 +60,9 @@ def build_parser() -> cli.ArgumentParser:
     )
     run = p.add_argument_group("run")
     run.add_argument(
-        "--name", help="run folder under runs/ (default: tiny or voc, -rpn added with rpn)"
+        "--name",
+        help="run folder under runs/ (default: tiny or voc, -rpn added with rpn, -rpn-alt with "
+        "alternating training)",
     )
     run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     run.add_argument("--epochs", type=cli.positive_int, help=f"default {TrainConfig.epochs}")
@@ -108,11 +110,17 @@ def main(argv: list[str] | None = None) -> int:
     if alternating and args.resume:
         parser.error("argument --resume: alternating training cannot be resumed")
     default_name = ("tiny" if args.tiny else "voc") + ("-rpn" if rpn else "")
+    default_name += "-alt" if alternating else ""
     run_dir = Path("runs") / (args.name or default_name)
     if args.resume:  # fail before generating or reading any data
         if not (run_dir / CHECKPOINT_NAME).exists():
             raise cli.UsageError(f"--resume: no checkpoint at {run_dir / CHECKPOINT_NAME}")
-        read_resume_state(run_dir / CHECKPOINT_NAME)
+        header, _ = read_resume_state(run_dir / CHECKPOINT_NAME)
+        if header.get("rpn_training") == "alternating":
+            raise cli.UsageError(
+                f"--resume: {run_dir / CHECKPOINT_NAME} was made by alternating training, "
+                "which cannot be resumed"
+            )
     t_start = time.perf_counter()
     root = args.voc_root or "data/toyvoc"
     if args.tiny and not (Path(root) / "VOC2007" / "ImageSets" / "Main" / "test.txt").exists():

@@ -78,6 +78,8 @@ def fit(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     header = {"classes": list(dataset.classes), "preprocessing": asdict(preprocessing)}
+    if rpn_config is not None:  # so that a resume can refuse an alternating run
+        header["rpn_training"] = "alternating" if alternating else "joint"
     config = {
         "model": asdict(model_config),
         "train": asdict(train_config),

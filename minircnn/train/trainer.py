@@ -210,6 +210,9 @@ class Trainer:
         if hasattr(self.model, "rpn_config"):  # Faster R-CNN: the same anchors and top-N
             ours["rpn"] = asdict(self.model.rpn_config)
             theirs["rpn"] = header.get("rpn")
+            # and joint training (alternating training is never resumed)
+            ours["rpn_training"] = self.header.get("rpn_training", "joint")
+            theirs["rpn_training"] = header.get("rpn_training", "joint")
         # JSON turned tuples into lists: compare through JSON as well
         differ = [k for k in ours if json.dumps(ours[k]) != json.dumps(theirs[k])]
         if differ:
