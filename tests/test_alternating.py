@@ -4,27 +4,18 @@ layers step 4's."""
 
 import numpy as np
 import pytest
+from test_faster_rcnn import PRE, SMALL, SMALL_RPN
 
 from minircnn.checkpoint import read_checkpoint
 from minircnn.data import toyvoc
-from minircnn.data.image import Preprocessing
 from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
 from minircnn.data.voc import VOCDataset
-from minircnn.faster_rcnn import FasterRCNN, RPNConfig
-from minircnn.model import FastRCNN, ModelConfig
+from minircnn.faster_rcnn import FasterRCNN
+from minircnn.model import FastRCNN
 from minircnn.optim import SGDConfig
-from minircnn.rpn import AnchorConfig, RPNProposalConfig
 from minircnn.train import TrainConfig
 from minircnn.train.alternating import FixedRPNTrainer, RPNTrainer, train_alternating
 
-SMALL = ModelConfig(
-    num_classes=5, conv_channels=(8, 16), convs_per_block=(1, 2), roi_size=2, fc_dims=(32, 32)
-)
-SMALL_RPN = RPNConfig(
-    anchors=AnchorConfig(scales=(16.0, 32.0, 64.0)),
-    proposals=RPNProposalConfig(train_pre_nms_top_n=300, train_post_nms_top_n=100),
-)
-PRE = Preprocessing((110.0,) * 3, (60.0,) * 3, short_side=96, max_side=128)
 BACKBONE = ("conv1_1", "conv2_1", "conv2_2")
 RPN = ("rpn_conv", "rpn_cls_score", "rpn_bbox_pred")
 FAST = ("fc6", "fc7", "cls_score", "bbox_pred")
