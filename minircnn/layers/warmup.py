@@ -1,16 +1,17 @@
 """Compile the training kernels in a helper process while this one starts training.
 
 Numba compiles each kernel on its first call and keeps the machine code in its on-disk
-cache (``cache=True``), so only a first run pays: about 14 s of compiling here for the
-kernels of a Fast R-CNN training step, most of the time to that step's end. One process compiles one
-kernel at a time (Numba holds a process-wide lock), but a second process can compile
-others meanwhile: ``compile_ahead`` starts ``python -m minircnn.layers.warmup``, which
-calls each kernel of ``KERNEL_CALLS`` once on tiny arrays, in the *reverse* of the order
-training first needs them. The two processes meet in the middle; each kernel that this
-process reaches after the helper has compiled it is loaded from the cache in a few
-milliseconds instead of compiled (``python -m minircnn.bench --sections cold_start``:
-18.5-23 s to the end of the first step before, 10.8 s with the helper). A helper only
-starts when the cache is cold.
+cache (``cache=True``), so only a first run pays. Here the kernels of a Fast R-CNN
+training step take about 14 s to compile, most of the time to that step's end. One process
+compiles one kernel at a time (Numba holds a process-wide lock), but a second process can
+compile others meanwhile: ``compile_ahead`` starts ``python -m minircnn.layers.warmup``,
+which calls each kernel of ``KERNEL_CALLS`` once on tiny arrays, in the *reverse* of the
+order training first needs them. The two processes meet in the middle. Each kernel that
+this process reaches after the helper has compiled it is loaded from the cache in a few
+milliseconds instead of compiled; one that both reach before either has cached it is
+compiled twice, to the same code. ``python -m minircnn.bench --sections cold_start``
+measured 18.5-23 s to the end of the first step before, 10.8-12 s with the helper. A
+helper only starts when the cache is cold.
 
 The kernels are those of pre-training, of a Fast R-CNN step and of a Faster R-CNN step
 (IoU for the anchor targets, NMS for the proposals); not evaluation's, nor dropout's
