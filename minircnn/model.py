@@ -333,9 +333,13 @@ class FastRCNN(_Network):
     def backward_to_features(self, dcls: np.ndarray, dbbox: np.ndarray) -> np.ndarray:
         """The heads' gradients -> the feature map's gradient ``[N, C, H/s, W/s]`` (through
         fc7, fc6 and RoI pooling), without the backbone: Faster R-CNN adds the RPN's."""
+        return self.roi_pool.backward(self.backward_to_head(dcls, dbbox))  # [N, C, H/s, W/s]
+
+    def backward_to_head(self, dcls: np.ndarray, dbbox: np.ndarray) -> np.ndarray:
+        """The heads' gradients -> the pooled features' gradient ``[R, C, P, P]`` (through
+        fc7 and fc6): all that training the fc layers and heads alone needs."""
         dx = self.cls_score.backward(dcls) + self.bbox_pred.backward(dbbox)  # [R, fc7]
-        dpooled = self.head.backward(dx).reshape(self._pooled_shape)  # -> [R, C, P, P]
-        return self.roi_pool.backward(dpooled)  # [N, C, H/s, W/s]
+        return self.head.backward(dx).reshape(self._pooled_shape)
 
     def named_layers(self):
         return [

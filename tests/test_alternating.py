@@ -15,6 +15,7 @@ from minircnn.model import FastRCNN
 from minircnn.optim import SGDConfig
 from minircnn.train import TrainConfig
 from minircnn.train.alternating import FixedRPNTrainer, RPNTrainer, train_alternating
+from minircnn.train.trainer import scaled_schedule
 
 BACKBONE = ("conv1_1", "conv2_1", "conv2_2")
 RPN = ("rpn_conv", "rpn_cls_score", "rpn_bbox_pred")
@@ -34,8 +35,9 @@ def _make_trainer(ds, rng, epochs=1):
     sampler = HierarchicalSampler(ds, None, SamplerConfig(rois_per_batch=32), PRE, rng)
     config = TrainConfig(epochs=epochs, sgd=SGDConfig(lr=0.01))
 
-    def make(cls, net, folder, *extra):
-        return cls(net, *extra, sampler, config, folder, {"classes": list(ds.classes)}, rng)
+    def make(cls, net, folder, length=1.0, *extra):
+        step_config = scaled_schedule(config, length)
+        return cls(net, *extra, sampler, step_config, folder, {"classes": list(ds.classes)}, rng)
 
     return make
 
@@ -74,14 +76,14 @@ def test_fixed_rpn_step_moves_fast_rcnn_only(toy, tmp_path):
     rng = np.random.default_rng(1)
     proposer = FasterRCNN(SMALL, SMALL_RPN, rng)
     model = FasterRCNN(SMALL, SMALL_RPN, rng)
-    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, proposer)
+    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, 1.0, proposer)
     before, proposer_before = _snapshot(model), _snapshot(proposer)
     result = trainer.step([0, 1])
     assert np.isfinite(result.losses.total) and result.rpn_losses is None
     assert _moved(before, model) == {"conv2_1", "conv2_2", *FAST}
     assert _moved(proposer_before, proposer) == set()
     model.fast.backbone.set_frozen(2)  # step 4: the model proposes for itself
-    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, model)
+    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, 1.0, model)
     before = _snapshot(model)
     trainer.step([0, 1])
     assert _moved(before, model) == set(FAST)

@@ -84,7 +84,11 @@ class FixedRPNTrainer(JointTrainer):
             cls_score, bbox_pred, batch.labels, batch.bbox_targets, batch.bbox_weights
         )
         self._stop_if_diverged(losses)
-        self.model.fast.backward(*self.loss.backward())
+        fast = self.model.fast
+        if fast.backbone.frozen_blocks == len(fast.backbone.blocks):  # step 4: the head only
+            fast.backward_to_head(*self.loss.backward())
+        else:
+            fast.backward(*self.loss.backward())
         grad_norm = self.optimizer.step(self.model.grads(), self.iteration)
         self.flops += self.model.fast.train_flops(images.shape, len(batch.rois))
         self.iteration += 1
@@ -92,13 +96,16 @@ class FixedRPNTrainer(JointTrainer):
         return StepResult(losses, grad_norm, accuracy)
 
 
-def train_alternating(first: FasterRCNN, fresh: FastRCNN, run_dir, make_trainer, progress):
+def train_alternating(
+    first: FasterRCNN, fresh: FastRCNN, run_dir, make_trainer, progress, lengths=(1, 1, 1, 1)
+):
     """The four steps. ``first``: a FasterRCNN converted from the pre-trained classifier
     (trained in step 1); ``fresh``: a FastRCNN converted from it too (step 2's).
-    ``make_trainer(cls, model, run_dir, *extra)`` builds a trainer on the run's sampler,
-    schedule and header. Steps 1-3 write their checkpoints under ``run_dir/alternating``;
-    step 4 writes the final FasterRCNN's to ``run_dir``. Returns (step 4's trainer, the
-    seconds of each step)."""
+    ``make_trainer(cls, model, run_dir, length, *extra)`` builds a trainer on the run's
+    sampler and header, its schedule ``length`` times the run's (``lengths``: one per
+    step). Steps 1-3 write their checkpoints under ``run_dir/alternating``; step 4 writes
+    the final FasterRCNN's to ``run_dir``. Returns (step 4's trainer, the seconds of each
+    step)."""
     steps_dir, wall = Path(run_dir) / "alternating", {}
     model = FasterRCNN(first.config, first.rpn_config)
     model.fast, model.rpn = fresh, first.rpn  # step 2's network, step 1's RPN head
@@ -113,12 +120,14 @@ def train_alternating(first: FasterRCNN, fresh: FastRCNN, run_dir, make_trainer,
         for k, (cls, net, folder, extra) in enumerate(plan):
             if k == 2:  # from step 3 on, the shared convs stay as step 2 left them
                 model.fast.backbone.set_frozen(len(model.fast.backbone.blocks))
+                model.rpn.conv.need_input_grad = False  # nothing below it learns now
             t0 = time.perf_counter()
-            trainer = make_trainer(cls, net, folder, *extra)
+            trainer = make_trainer(cls, net, folder, lengths[k], *extra)
             if progress:
                 print(f"alternating training, {STEPS[k]}")
             trainer.run(progress=progress)
             wall[STEPS[k]] = time.perf_counter() - t0
     finally:  # the model as built, also when a step diverged
         model.fast.backbone.set_frozen(frozen_default)
+        model.rpn.conv.need_input_grad = True
     return trainer, wall

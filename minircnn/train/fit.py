@@ -17,7 +17,7 @@ from minircnn.pretrain import PretrainConfig, load_or_pretrain
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
 from minircnn.train.alternating import train_alternating
 from minircnn.train.joint import JointTrainer
-from minircnn.train.trainer import TrainConfig, Trainer
+from minircnn.train.trainer import TrainConfig, Trainer, scaled_schedule
 
 
 def fit(
@@ -99,8 +99,9 @@ def fit(
     (run_dir / "config.json").write_text(json.dumps(config, indent=2))
     sampler = HierarchicalSampler(dataset, proposals, sampler_config, preprocessing, rng)
 
-    def make_trainer(trainer_class, net, folder, *extra):
-        return trainer_class(net, *extra, sampler, train_config, folder, header, rng)
+    def make_trainer(trainer_class, net, folder, length=1.0, *extra):
+        config = scaled_schedule(train_config, length)
+        return trainer_class(net, *extra, sampler, config, folder, header, rng)
 
     if rpn_config is not None and alternating:
         fresh = FastRCNN.from_classifier(classifier, model_config, rng)  # step 2's start

@@ -44,6 +44,15 @@ class TrainConfig:
     sgd: SGDConfig = SGDConfig(lr=0.02)
 
 
+def scaled_schedule(config: TrainConfig, length: float) -> TrainConfig:
+    """``config`` with ``length`` times its epochs and learning-rate drop epochs (rounded,
+    at least 1); ``config`` itself for a length of 1."""
+    if length == 1:
+        return config
+    drops = tuple(max(1, round(e * length)) for e in config.lr_step_epochs)
+    return replace(config, epochs=max(1, round(config.epochs * length)), lr_step_epochs=drops)
+
+
 class StepResult(NamedTuple):
     """What one iteration reports: the loss terms (None in a step that trains the RPN
     alone), the gradient norm, the RoI accuracy, and (Faster R-CNN) the RPN's loss terms."""
