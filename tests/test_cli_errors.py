@@ -60,6 +60,8 @@ CASES = [
     ("train", "--voc-root toy --name other --resume", "runs/other/checkpoint.npz"),
     ("train", "--tiny --proposals edge-boxes", "--proposals"),
     ("train", "--tiny --rpn-training alternating", "--rpn-training"),
+    ("train", "--tiny --proposals rpn --rpn-window 4", "--rpn-window"),
+    ("train", "--tiny --rpn-window 5", "--rpn-window"),
     ("train", "--tiny --proposals rpn --rpn-training alternating --resume", "--resume"),
     ("train", "--voc-root toy --proposals rpn --name alt --resume", "runs/alt/checkpoint.npz"),
     # evaluate: arguments, then each kind of bad checkpoint, then the data set

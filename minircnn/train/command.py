@@ -58,6 +58,11 @@ def build_parser() -> cli.ArgumentParser:
         help="with --proposals rpn: approximate joint training (default) or the paper's "
         "4-step alternating training (no --resume)",
     )
+    data.add_argument(
+        "--rpn-window",
+        type=cli.positive_int,
+        help=f"with --proposals rpn: n of the RPN's n x n conv, odd (default {RPNConfig.window})",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--name",
@@ -107,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rpn_training and not rpn:
         parser.error("argument --rpn-training: only with --proposals rpn")
     alternating = args.rpn_training == "alternating"
+    if args.rpn_window is not None and (not rpn or args.rpn_window % 2 == 0):
+        parser.error(
+            f"argument --rpn-window: an odd size, with --proposals rpn; got {args.rpn_window}"
+        )
     if alternating and args.resume:
         parser.error("argument --resume: alternating training cannot be resumed")
     default_name = ("tiny" if args.tiny else "voc") + ("-rpn" if rpn else "")
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs=args.jobs,
             progress=not args.quiet,
             scheduler=args.scheduler,
-            rpn_config=RPNConfig() if rpn else None,
+            rpn_config=RPNConfig(window=args.rpn_window or RPNConfig.window) if rpn else None,
             alternating=alternating,
         )
     except TrainingDiverged as err:  # not bad input: status 1
