@@ -132,3 +132,12 @@ def test_four_steps_share_step_twos_convs(toy, tmp_path):
     assert same(2, 3, BACKBONE) and same(3, 4, BACKBONE)  # convs fixed after step 2
     assert same(3, 4, RPN) and same(2, 3, FAST)
     assert trained(layer_params(3, FAST), 4, FAST)  # step 4 trained Fast R-CNN's layers
+
+
+def test_scaled_schedule():
+    config = TrainConfig(epochs=16, lr_step_epochs=(12,))
+    assert scaled_schedule(config, 1) is config
+    half, quarter = scaled_schedule(config, 0.5), scaled_schedule(config, 0.25)
+    assert (half.epochs, half.lr_step_epochs) == (8, (6,))
+    assert (quarter.epochs, quarter.lr_step_epochs) == (4, (3,))
+    assert scaled_schedule(config, 0.01).epochs == 1  # never below one epoch
