@@ -327,7 +327,11 @@ class FastRCNN(_Network):
 
     def backward(self, dcls: np.ndarray, dbbox: np.ndarray) -> None:
         """Figure 1, right to left: the gradients of the two heads' outputs flow into fc7,
-        fc6, back through RoI pooling's argmax (section 2.3) into the trainable convs."""
+        fc6, back through RoI pooling's argmax (section 2.3) into the trainable convs; with
+        every conv fixed, it stops at the pooled features, which nothing below needs."""
+        if not self.backbone.trainable_names():
+            self.backward_to_head(dcls, dbbox)
+            return
         self.backbone.backward(self.backward_to_features(dcls, dbbox))
 
     def backward_to_features(self, dcls: np.ndarray, dbbox: np.ndarray) -> np.ndarray:

@@ -84,11 +84,7 @@ class FixedRPNTrainer(JointTrainer):
             cls_score, bbox_pred, batch.labels, batch.bbox_targets, batch.bbox_weights
         )
         self._stop_if_diverged(losses)
-        fast = self.model.fast
-        if fast.backbone.frozen_blocks == len(fast.backbone.blocks):  # step 4: the head only
-            fast.backward_to_head(*self.loss.backward())
-        else:
-            fast.backward(*self.loss.backward())
+        self.model.fast.backward(*self.loss.backward())  # step 4: the fc layers and heads
         grad_norm = self.optimizer.step(self.model.grads(), self.iteration)
         self.flops += self.model.fast.train_flops(images.shape, len(batch.rois))
         self.iteration += 1
