@@ -3,13 +3,10 @@ steps leave one network whose convs are step 2's, RPN head step 3's and Fast R-C
 layers step 4's."""
 
 import numpy as np
-import pytest
 from test_faster_rcnn import PRE, SMALL, SMALL_RPN
 
 from minircnn.checkpoint import read_checkpoint
-from minircnn.data import toyvoc
 from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
-from minircnn.data.voc import VOCDataset
 from minircnn.faster_rcnn import FasterRCNN
 from minircnn.model import FastRCNN
 from minircnn.optim import SGDConfig
@@ -20,15 +17,6 @@ from minircnn.train.trainer import scaled_schedule
 BACKBONE = ("conv1_1", "conv2_1", "conv2_2")
 RPN = ("rpn_conv", "rpn_cls_score", "rpn_bbox_pred")
 FAST = ("fc6", "fc7", "cls_score", "bbox_pred")
-
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toyalt") / "toy"
-    toyvoc.generate(
-        root, seed=3, counts={"train": 4, "val": 0, "test": 0}, min_size=96, max_size=120
-    )
-    return VOCDataset(root, split="train")
 
 
 def _make_trainer(ds, rng, epochs=1):
@@ -57,44 +45,44 @@ def _snapshot(model) -> dict:
     return {k: v.copy() for k, v in model.params().items()}
 
 
-def test_rpn_step_moves_the_rpn_and_trained_convs_only(toy, tmp_path):
+def test_rpn_step_moves_the_rpn_and_trained_convs_only(rpn_toy, tmp_path):
     rng = np.random.default_rng(0)
     model = FasterRCNN(SMALL, SMALL_RPN, rng)  # block 1 frozen by default
-    trainer = _make_trainer(toy, rng)(RPNTrainer, model, tmp_path)
+    trainer = _make_trainer(rpn_toy, rng)(RPNTrainer, model, tmp_path)
     before = _snapshot(model)
     result = trainer.step([0, 1])
     assert result.losses is None and np.isfinite(result.rpn_losses.total)
     assert _moved(before, model) == {"conv2_1", "conv2_2", *RPN}
     model.fast.backbone.set_frozen(2)  # step 3: all convs fixed
-    trainer = _make_trainer(toy, rng)(RPNTrainer, model, tmp_path)
+    trainer = _make_trainer(rpn_toy, rng)(RPNTrainer, model, tmp_path)
     before = _snapshot(model)
     trainer.step([0, 1])
     assert _moved(before, model) == set(RPN)
 
 
-def test_fixed_rpn_step_moves_fast_rcnn_only(toy, tmp_path):
+def test_fixed_rpn_step_moves_fast_rcnn_only(rpn_toy, tmp_path):
     rng = np.random.default_rng(1)
     proposer = FasterRCNN(SMALL, SMALL_RPN, rng)
     model = FasterRCNN(SMALL, SMALL_RPN, rng)
-    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, 1.0, proposer)
+    trainer = _make_trainer(rpn_toy, rng)(FixedRPNTrainer, model, tmp_path, 1.0, proposer)
     before, proposer_before = _snapshot(model), _snapshot(proposer)
     result = trainer.step([0, 1])
     assert np.isfinite(result.losses.total) and result.rpn_losses is None
     assert _moved(before, model) == {"conv2_1", "conv2_2", *FAST}
     assert _moved(proposer_before, proposer) == set()
     model.fast.backbone.set_frozen(2)  # step 4: the model proposes for itself
-    trainer = _make_trainer(toy, rng)(FixedRPNTrainer, model, tmp_path, 1.0, model)
+    trainer = _make_trainer(rpn_toy, rng)(FixedRPNTrainer, model, tmp_path, 1.0, model)
     before = _snapshot(model)
     trainer.step([0, 1])
     assert _moved(before, model) == set(FAST)
 
 
-def test_four_steps_share_step_twos_convs(toy, tmp_path):
+def test_four_steps_share_step_twos_convs(rpn_toy, tmp_path):
     rng = np.random.default_rng(2)
     first = FasterRCNN(SMALL, SMALL_RPN, rng)
     fresh = FastRCNN(SMALL, rng)
     first_start, fresh_start = _snapshot(first), _snapshot(fresh)
-    trainer, wall = train_alternating(first, fresh, tmp_path, _make_trainer(toy, rng), False)
+    trainer, wall = train_alternating(first, fresh, tmp_path, _make_trainer(rpn_toy, rng), False)
     assert list(wall) == [
         "step 1 (RPN)",
         "step 2 (Fast R-CNN)",

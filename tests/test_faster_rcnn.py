@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 
 from minircnn.checkpoint import CheckpointError, load_model, save_checkpoint
-from minircnn.data import toyvoc
 from minircnn.data.image import Preprocessing
 from minircnn.data.sampling import HierarchicalSampler, ImageView, SamplerConfig
-from minircnn.data.voc import VOCDataset
 from minircnn.detect import Detector, detect
 from minircnn.faster_rcnn import FasterRCNN, RPNConfig
 from minircnn.gradcheck import gradcheck
@@ -75,15 +73,6 @@ def test_joint_gradient_float64(frozen):
         assert err < 1e-6, (name, err)
 
 
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toyrpn") / "toy"
-    toyvoc.generate(
-        root, seed=2, counts={"train": 4, "val": 0, "test": 0}, min_size=96, max_size=120
-    )
-    return VOCDataset(root, split="train")
-
-
 def make_joint_trainer(ds, run_dir, epochs=2, seed=0):
     rng = np.random.default_rng(seed)
     model = FasterRCNN(SMALL, SMALL_RPN, rng)
@@ -92,8 +81,8 @@ def make_joint_trainer(ds, run_dir, epochs=2, seed=0):
     return JointTrainer(model, sampler, train_config, run_dir, {"classes": list(ds.classes)}, rng)
 
 
-def test_joint_training_lowers_both_losses(toy, tmp_path):
-    trainer = make_joint_trainer(toy, tmp_path)
+def test_joint_training_lowers_both_losses(rpn_toy, tmp_path):
+    trainer = make_joint_trainer(rpn_toy, tmp_path)
     results = [trainer.step([0, 1]) for _ in range(40)]
     first, last = results[:5], results[-5:]
     for term in ("cls", "reg"):  # the RPN's two terms
@@ -103,12 +92,12 @@ def test_joint_training_lowers_both_losses(toy, tmp_path):
     assert np.mean([r.losses.cls for r in last]) < np.mean([r.losses.cls for r in first])
 
 
-def test_joint_resume_matches_a_straight_run(toy, tmp_path):
-    straight = make_joint_trainer(toy, tmp_path / "a", epochs=2)
+def test_joint_resume_matches_a_straight_run(rpn_toy, tmp_path):
+    straight = make_joint_trainer(rpn_toy, tmp_path / "a", epochs=2)
     straight.run(progress=False)
-    first = make_joint_trainer(toy, tmp_path / "b", epochs=1)
+    first = make_joint_trainer(rpn_toy, tmp_path / "b", epochs=1)
     first.run(progress=False)
-    second = make_joint_trainer(toy, tmp_path / "b", epochs=2, seed=99)
+    second = make_joint_trainer(rpn_toy, tmp_path / "b", epochs=2, seed=99)
     second.resume(tmp_path / "b" / "checkpoint.npz")
     second.run(progress=False)
     for name, value in straight.model.params().items():
@@ -116,14 +105,14 @@ def test_joint_resume_matches_a_straight_run(toy, tmp_path):
     assert "loss_rpn_cls" in straight.log[0]
 
 
-def test_rpn_proposals_become_candidates_in_original_pixels(toy):
+def test_rpn_proposals_become_candidates_in_original_pixels(rpn_toy):
     """A view mirrored and scaled by 1.5: proposals given in its input pixels are mapped
     back (unscaled, unmirrored), matched to the ground truth and sampled as usual, so a
     proposal that is a ground-truth box comes back as a foreground RoI at the same input
     position with zero regression targets."""
     rng = np.random.default_rng(0)
-    sampler = HierarchicalSampler(toy, None, SamplerConfig(rois_per_batch=512), PRE, rng)
-    item = toy[0]
+    sampler = HierarchicalSampler(rpn_toy, None, SamplerConfig(rois_per_batch=512), PRE, rng)
+    item = rpn_toy[0]
     scale = 1.5
     view = ImageView(0, np.zeros((3, 10, 10), np.float32), scale, flip=True)
     gt_input = flip_boxes(item.boxes, item.width) * scale  # the mirrored objects, scaled
@@ -196,16 +185,16 @@ def test_detection_with_the_models_own_proposals():
         detect(fast, image)
 
 
-def test_compare_helpers_on_tiny_models(toy):
+def test_compare_helpers_on_tiny_models(rpn_toy):
     rpn = tiny_faster_detector()
-    proposals = rpn_proposals(rpn, toy, post_nms_top_n=40)
-    assert len(proposals) == len(toy)
-    for item, boxes in zip(toy, proposals, strict=True):
+    proposals = rpn_proposals(rpn, rpn_toy, post_nms_top_n=40)
+    assert len(proposals) == len(rpn_toy)
+    for item, boxes in zip(rpn_toy, proposals, strict=True):
         assert 0 < len(boxes) <= 40
         assert boxes[:, 0].min() >= 0 and boxes[:, 2].max() <= item.width - 1 + 1e-3
     assert rpn.model.rpn_config == SMALL_RPN  # the detector itself is left as it was
     fast = Detector(FastRCNN(SMALL).eval(), rpn.classes, PRE)
-    timing = time_per_image(fast, rpn, [toy.load_image(0)], repeats=1)
+    timing = time_per_image(fast, rpn, [rpn_toy.load_image(0)], repeats=1)
     stages = timing["stages_ms"]
     assert set(stages) == {"selective_search", "fast_rcnn", "faster_rcnn", "rcnn"}
     totals = timing["total_ms"]
@@ -215,10 +204,10 @@ def test_compare_helpers_on_tiny_models(toy):
     assert totals["Faster R-CNN (RPN)"] == stages["faster_rcnn"]
 
 
-def test_resume_refuses_another_rpn_configuration(toy, tmp_path):
-    first = make_joint_trainer(toy, tmp_path, epochs=1)
+def test_resume_refuses_another_rpn_configuration(rpn_toy, tmp_path):
+    first = make_joint_trainer(rpn_toy, tmp_path, epochs=1)
     first.run(progress=False)
-    other = make_joint_trainer(toy, tmp_path, epochs=2)
+    other = make_joint_trainer(rpn_toy, tmp_path, epochs=2)
     other.model.rpn_config = replace(SMALL_RPN, loss_weight=1.0)
     with pytest.raises(CheckpointError, match="rpn"):
         other.resume(tmp_path / "checkpoint.npz")
