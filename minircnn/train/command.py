@@ -19,6 +19,7 @@ from minircnn.train.trainer import (
     TrainConfig,
     Trainer,
     TrainingDiverged,
+    faster_rcnn_schedule,
     read_resume_state,
 )
 
@@ -70,12 +71,17 @@ def build_parser() -> cli.ArgumentParser:
         "alternating training)",
     )
     run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    run.add_argument("--epochs", type=cli.positive_int, help=f"default {TrainConfig.epochs}")
+    faster = faster_rcnn_schedule()
+    run.add_argument(
+        "--epochs",
+        type=cli.positive_int,
+        help=f"default {TrainConfig.epochs} ({faster.epochs} with --proposals rpn)",
+    )
     run.add_argument(
         "--lr-drop",
         type=cli.positive_int,
-        help="epoch after which the learning rate drops 10x "
-        f"(default {TrainConfig.lr_step_epochs[0]})",
+        help="epoch after which the learning rate drops 10x (default "
+        f"{TrainConfig.lr_step_epochs[0]}; {faster.lr_step_epochs[0]} with --proposals rpn)",
     )
     run.add_argument(
         "--lr", type=cli.positive_finite_float, help=f"learning rate (default {TrainConfig.sgd.lr})"
@@ -99,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tiny == bool(args.voc_root):
         parser.error("give exactly one of --tiny or --voc-root")
-    epochs = args.epochs or TrainConfig.epochs
+    defaults = faster_rcnn_schedule() if args.proposals == "rpn" else TrainConfig()
+    epochs = args.epochs or defaults.epochs
     if args.lr_drop is not None and args.lr_drop > epochs:
         parser.error(f"argument --lr-drop: {args.lr_drop} is after the last epoch ({epochs})")
     sampler_config = SamplerConfig()
@@ -156,7 +163,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:  # now that the classes are known
         read_resume_state(run_dir / CHECKPOINT_NAME, model_config, dataset.classes)
     t_data = time.perf_counter() - t_start
-    defaults = TrainConfig()
     train_config = replace(
         defaults,
         epochs=epochs,

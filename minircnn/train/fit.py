@@ -17,7 +17,7 @@ from minircnn.pretrain import PretrainConfig, load_or_pretrain
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
 from minircnn.train.alternating import train_alternating
 from minircnn.train.joint import JointTrainer
-from minircnn.train.trainer import TrainConfig, Trainer, scaled_schedule
+from minircnn.train.trainer import TrainConfig, Trainer, faster_rcnn_schedule, scaled_schedule
 
 
 def fit(
@@ -49,7 +49,8 @@ def fit(
     no selective search at all; by approximate joint training (``train.joint``), or with
     ``alternating`` by the 4-step alternating scheme (``train.alternating``; no resume).
     Raises TrainingDiverged, or SchedulerError for an unusable ``scheduler``."""
-    train_config = train_config or TrainConfig()
+    if train_config is None:  # each model's default schedule
+        train_config = TrainConfig() if rpn_config is None else faster_rcnn_schedule()
     pretrain_config = pretrain_config or PretrainConfig()
     sampler_config = sampler_config or SamplerConfig()
     proposal_config = proposal_config or ProposalConfig()
