@@ -1,12 +1,12 @@
 """`python -m minircnn.report`: the README's results table, measured.
 
-    python -m minircnn.report                      # seeds 0, 1, 2 on the toy set (~10 min)
+    python -m minircnn.report                      # seeds 0, 1, 2 on the toy set (~5 min)
     python -m minircnn.report --data-seed 1        # a toy set drawn with another seed
 
 The protocol (Fast R-CNN's, and every detection benchmark's): defaults were chosen on the
 ``val`` split with models trained on ``train``; here the defaults are trained on
 ``trainval`` once per seed and evaluated on ``test``, which nothing was tuned on. Writes
-``runs/report/results.json`` and ``results.md`` (the table the README quotes).
+``runs/report/results_data<data seed>.json`` and ``.md`` (the table the README quotes).
 """
 
 import argparse

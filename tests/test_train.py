@@ -125,7 +125,10 @@ def test_resume_refuses_another_run_but_may_add_epochs(toy, tmp_path):
     longer.resume(first.checkpoint_path)
     assert longer.epoch == 1
     other = make_trainer(toy, tmp_path, sampler_config=replace(SAMPLER, rois_per_batch=16))
-    with pytest.raises(CheckpointError, match="another sampler_config"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"another sampler_config \(rois_per_batch: 32 in the checkpoint, 16 here\)",
+    ):
         other.resume(first.checkpoint_path)
 
 

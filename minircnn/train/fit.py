@@ -40,7 +40,8 @@ def fit(
 ) -> Trainer:
     """The whole training procedure on ``dataset``: proposals (cached), pixel statistics,
     classifier pre-training (cached) and conversion (section 2.2), then fine-tuning into
-    ``run_dir``. Configs left at None take their defaults; ``image_sizes`` may set
+    ``run_dir``. Configs left at None take their defaults (the schedule: ``TrainConfig()``,
+    or ``faster_rcnn_schedule()`` with an ``rpn_config``); ``image_sizes`` may set
     Preprocessing's ``short_side`` / ``max_side``. Returns the Trainer (its ``model`` is
     the trained FastRCNN or FasterRCNN); ``trainer.wall`` holds the seconds each phase
     took. ``jobs`` and ``scheduler`` say where selective search runs

@@ -233,13 +233,30 @@ class Trainer:
             # and joint training (alternating training is never resumed)
             ours["rpn_training"] = self.header.get("rpn_training", "joint")
             theirs["rpn_training"] = header.get("rpn_training", "joint")
-        # JSON turned tuples into lists: compare through JSON as well
-        differ = [k for k in ours if json.dumps(ours[k]) != json.dumps(theirs[k])]
+        differ = [_difference(k, ours[k], theirs[k]) for k in ours]
+        differ = [d for d in differ if d]
         if differ:
             raise CheckpointError(
-                f"{path}: made by a run with another {', '.join(differ)} (resume continues "
+                f"{path}: made by a run with another {'; '.join(differ)} (resume continues "
                 "the same run; start a new one with another --name)"
             )
+
+
+def _difference(section: str, ours, theirs) -> str:
+    """'' when a section of the run's settings matches the checkpoint's; else its name and,
+    for a dict, each differing field with the checkpoint's value and this run's, e.g.
+    ``train_config (lr_step_epochs: [6] in the checkpoint, [9] here)``."""
+    as_json = json.dumps  # JSON turned tuples into lists: compare through JSON as well
+    if as_json(ours) == as_json(theirs):
+        return ""
+    if not (isinstance(ours, dict) and isinstance(theirs, dict)):
+        return section
+    fields = [
+        f"{k}: {as_json(theirs.get(k))} in the checkpoint, {as_json(ours.get(k))} here"
+        for k in sorted(ours.keys() | theirs.keys())
+        if as_json(ours.get(k)) != as_json(theirs.get(k))
+    ]
+    return f"{section} ({', '.join(fields)})"
 
 
 def read_resume_state(
