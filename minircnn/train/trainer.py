@@ -36,7 +36,7 @@ class TrainConfig:
     # count, with models trained on the 100-image train split: 1200 iterations, lr / 10
     # after 900, which is 12 and 9 epochs of the 200-image trainval split. Val mAP@0.5,
     # mean over 3 seeds: 800 iterations (drop after 600) 0.782, 1200 0.806, 1600 0.813
-    # (a third more time for +0.007); earlier, 400 gave 0.69 and lr 0.03 or 0.04 less.
+    # (a third more time for +0.007); earlier, 400 gave 0.69, and lr 0.03 or 0.04 did worse.
     epochs: int = 12
     lr_step_epochs: tuple[int, ...] = (9,)  # paper: lr / 10 after 30k iterations
     seed: int = 0
