@@ -246,7 +246,7 @@ def pure_targets(p, g):
 @pytest.mark.parametrize("flip", [False, True])
 def test_batch_labels_targets_and_flips_against_hand_formulas(toy, flip):
     ds, proposals = toy
-    config = replace(SAMPLER, flip=flip)
+    config = replace(SAMPLER, flip=flip, copy_paste=0.0)  # the images as they are
     sampler = HierarchicalSampler(ds, proposals, config, UNIT, np.random.default_rng(0))
     k1 = ds.num_classes + 1
     for _ in range(3):  # flip=True: each image is mirrored with probability 0.5
@@ -305,7 +305,7 @@ def test_flipped_roi_covers_the_flipped_object():
 
 def test_multi_scale_training_draws_from_the_scales(toy):
     ds, proposals = toy
-    config = replace(SAMPLER, train_scales=(64, 128), flip=False)
+    config = replace(SAMPLER, train_scales=(64, 128), flip=False, copy_paste=0.0)
     sampler = HierarchicalSampler(ds, proposals, config, UNIT, np.random.default_rng(0))
     for _ in range(12):
         sampler.batch([0, 1])

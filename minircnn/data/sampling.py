@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minircnn.cli import InputError
+from minircnn.data.copy_paste import paste_objects, resample_mask
 from minircnn.data.image import Preprocessing, pad_batch
 from minircnn.data.voc import VOCDataset
 from minircnn.ops.boxes import bbox_encode, box_iou, flip_boxes
@@ -42,6 +43,13 @@ class SamplerConfig:
     # multi-scale training (section 5.2): each time an image is sampled, a random shorter
     # side from these; empty = the single scale of Preprocessing.short_side
     train_scales: tuple[int, ...] = ()
+    # copy-paste augmentation (data/copy_paste.py; not in the paper, which flips only): the
+    # probability that a training image gets 1..copy_paste_objects objects of other
+    # training images pasted in, where the training images have object masks
+    # (SegmentationObject; without any, off). Chosen on val: 1.0 and 3 objects raised mAP@0.5
+    # by 0.03-0.05 (0.5 and 2 objects: 0.02-0.04); 0 = off
+    copy_paste: float = 1.0
+    copy_paste_objects: int = 3
 
 
 @dataclass
@@ -146,6 +154,9 @@ class HierarchicalSampler:
                 f"{dataset.split}, a mini-batch needs {config.images_per_batch}"
             )
         self._images: dict[tuple[int, int, bool], tuple[np.ndarray, float]] = {}
+        self.masks, self.paste_bank = {}, []  # copy-paste: (image, object) pairs
+        if config.copy_paste > 0:
+            self._load_masks()
 
     def epoch(self) -> list[np.ndarray]:
         """One pass over the usable images in random order, in groups of N."""
@@ -185,9 +196,13 @@ class HierarchicalSampler:
         proposals and ground truth) and assemble the batch."""
         views, parts = [], []
         for b, i in enumerate(indices):
-            views.append(self.view(i))
+            item, view = self.dataset[i], self.view(i)
+            gt = item.boxes, item.labels
             candidates = self.candidates[i], self.max_iou[i], self.matched[i]
-            parts.append(self._sample(b, views[-1], *candidates, len(indices)))
+            if self.paste_bank and self.rng.random() < self.config.copy_paste:
+                view, gt, candidates = self._paste(view, candidates[0])
+            views.append(view)
+            parts.append(self._sample(b, view, *candidates, len(indices), *gt))
         return _assemble(views, parts)
 
     def batch_from_proposals(self, views: list["ImageView"], rois: np.ndarray) -> MiniBatch:
@@ -202,19 +217,22 @@ class HierarchicalSampler:
             if view.flip:
                 boxes = flip_boxes(boxes, item.width)
             candidates = _match(np.vstack([item.boxes, boxes]).astype(np.float32), item.boxes)
-            parts.append(self._sample(b, view, *candidates, len(views)))
+            parts.append(self._sample(b, view, *candidates, len(views), item.boxes, item.labels))
         return _assemble(views, parts)
 
-    def _sample(self, b, view, candidates, max_iou, matched, n_images) -> tuple:
+    def _sample(
+        self, b, view, candidates, max_iou, matched, n_images, gt_boxes, gt_labels
+    ) -> tuple:
         """Image ``b`` of a batch: RoIs sampled among ``candidates [M, 4]`` (original
-        pixels) -> (rois [n, 5] in input pixels, labels, targets, weights)."""
+        pixels) matched to ``gt_boxes [G, 4]`` with ``gt_labels [G]`` -> (rois [n, 5] in
+        input pixels, labels, targets, weights)."""
         c, pre = self.config, self.preprocessing
         item = self.dataset[view.index]
         keep, is_fg = sample_rois(max_iou, c.rois_per_batch // n_images, c, self.rng)
         boxes = candidates[keep]  # [n, 4], original pixels
         matched = matched[keep]
-        gt = item.boxes[matched] if len(item.boxes) else boxes  # only fg rows are used
-        lab = roi_labels(item.labels[matched] if len(item.boxes) else 0, is_fg)
+        gt = gt_boxes[matched] if len(gt_boxes) else boxes  # only fg rows are used
+        lab = roi_labels(gt_labels[matched] if len(gt_boxes) else 0, is_fg)
         if view.flip:  # the image was mirrored in original pixels, so are its boxes
             boxes, gt = flip_boxes(boxes, item.width), flip_boxes(gt, item.width)
         t, w = class_specific_targets(
@@ -222,6 +240,46 @@ class HierarchicalSampler:
         )
         rois = np.column_stack([np.full(len(keep), b), boxes * view.scale])
         return rois, lab, t, w
+
+    def _load_masks(self) -> None:
+        """The objects copy-paste may cut out: every object of a usable image whose mask
+        has pixels (difficult ones are not in the items). None at all: no copy-paste."""
+        for i in self.usable:
+            masks = self.dataset.load_masks(int(i))
+            if masks is None:
+                continue
+            self.masks[int(i)] = masks
+            self.paste_bank += [(int(i), k) for k in range(len(masks)) if masks[k].any()]
+
+    def _paste(self, view: "ImageView", candidates: np.ndarray):
+        """``view`` with 1..copy_paste_objects objects of other training images pasted in
+        (``copy_paste.paste_objects``) -> (the new view, (ground-truth boxes, labels) and
+        (candidates, their best IoU, matched ground truth)), all in original pixels."""
+        objects = []
+        for _ in range(int(self.rng.integers(1, self.config.copy_paste_objects + 1))):
+            j, k = self.paste_bank[int(self.rng.integers(len(self.paste_bank)))]
+            source, scale = self.image(j)  # unmirrored, at the training scale
+            box = self.dataset[j].boxes[k]
+            x1, y1 = np.floor(box[:2] * scale).astype(int)
+            x2, y2 = np.minimum(np.ceil((box[2:] + 1) * scale), source.shape[:0:-1]).astype(int)
+            if x2 - x1 < 2 or y2 - y1 < 2:
+                continue
+            mask = resample_mask(self.masks[j][k], box, (y2 - y1, x2 - x1))
+            objects.append((source[:, y1:y2, x1:x2], mask, self.dataset[j].labels[k]))
+        image = view.image.copy()  # the cached input stays as it is
+        pasted = paste_objects(image, self.gt_boxes(view), objects, self.rng)
+        item = self.dataset[view.index]
+
+        def to_original(boxes):  # input pixels -> the image's own (unmirrored) pixels
+            boxes = boxes / view.scale
+            return flip_boxes(boxes, item.width) if view.flip else boxes
+
+        gt_boxes = np.vstack([item.boxes, to_original(pasted.boxes)]).astype(np.float32)
+        gt_labels = np.concatenate([item.labels, pasted.labels])
+        proposals = candidates[len(item.boxes) :]
+        found = np.vstack([gt_boxes, proposals, to_original(pasted.jittered)])
+        view = ImageView(view.index, image, view.scale, view.flip)
+        return view, (gt_boxes, gt_labels), _match(found.astype(np.float32), gt_boxes)
 
 
 @dataclass

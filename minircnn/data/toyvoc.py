@@ -5,7 +5,8 @@
 
 Writes ``<out>/VOC2007/{Annotations/*.xml, JPEGImages/*.jpg, ImageSets/Main/*.txt}`` and
 ``<out>/VOC2007/classes.txt`` (the class names, where ``VOCDataset`` finds them), so the
-reader treats it exactly like a real VOCdevkit.
+reader treats it exactly like a real VOCdevkit; also, as VOC's segmentation images do,
+``SegmentationObject/*.png``, each object's pixels (what copy-paste augmentation cuts out).
 
 Detection has to be a real task: the five classes differ by *shape and texture* while
 drawing colours from one shared palette; objects range from ~16 px to half the image with
@@ -85,6 +86,7 @@ def generate(
         raise ValueError(f"need 16 <= min_size <= max_size, got {min_size}, {max_size}")
     # absolute: joblib reuses worker processes, whose working folder may be another one
     root = make_layout(Path(out).resolve() / f"VOC{year}")
+    (root / "SegmentationObject").mkdir(exist_ok=True)
     write_classes(root, CLASSES)
     split_ids: dict[str, list[str]] = {}
     index = 0
@@ -105,8 +107,11 @@ def _write_image(root: Path, seed: int, index: int, min_size: int, max_size: int
     """Render image ``index`` from its own random stream, write its JPEG and XML ->
     (image id, its VOCObjects)."""
     image_id = f"{index:06d}"
-    image, objects = render_image(np.random.default_rng([seed, index]), min_size, max_size)
+    image, objects, instances = render_scene(
+        np.random.default_rng([seed, index]), min_size, max_size
+    )
     Image.fromarray(image).save(root / "JPEGImages" / f"{image_id}.jpg", quality=92)
+    Image.fromarray(instances).save(root / "SegmentationObject" / f"{image_id}.png")
     voc_objects = [VOCObject(CLASSES[o.cls], o.box, o.truncated, o.difficult) for o in objects]
     height, width, depth = image.shape
     write_annotation(
@@ -126,6 +131,16 @@ def render_image(
     rng: np.random.Generator, min_size: int = 160, max_size: int = 256
 ) -> tuple[np.ndarray, list[ToyObject]]:
     """One image (uint8 ``[H, W, 3]``) with 1-5 objects and their annotations."""
+    image, objects, _ = render_scene(rng, min_size, max_size)
+    return image, objects
+
+
+def render_scene(
+    rng: np.random.Generator, min_size: int = 160, max_size: int = 256
+) -> tuple[np.ndarray, list[ToyObject], np.ndarray]:
+    """``render_image``'s image and objects, plus uint8 ``[H, W]`` instance labels as VOC's
+    SegmentationObject images hold them: ``n`` on the visible pixels of the n-th annotated
+    object (1-based, annotation order), 0 elsewhere."""
     height, width = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
     image = _background(rng, height, width)
     owner = np.full((height, width), -1, dtype=np.int64)  # which object each pixel shows
@@ -147,17 +162,19 @@ def render_image(
         placed.append((cls, (x0, y0, x0 + ow - 1, y0 + oh - 1), int(mask.sum())))
     image = _lighting_and_noise(rng, image)
     objects = []
+    instances = np.zeros((height, width), dtype=np.uint8)
     for k, (cls, full_box, area) in enumerate(placed):
         ys, xs = np.nonzero(owner == k)
         box = (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(ys) else None
         if box is None or min(box[2] - box[0], box[3] - box[1]) + 1 < 4:
             continue  # hidden but for a sliver: nothing a person would annotate
+        instances[ys, xs] = len(objects) + 1
         truncated = full_box[0] < 0 or full_box[1] < 0
         truncated |= full_box[2] > width - 1 or full_box[3] > height - 1
         visible = len(ys) / area
         small = min(box[2] - box[0], box[3] - box[1]) + 1 < 12
         objects.append(ToyObject(cls, box, bool(truncated), bool(visible < 0.35 or small)))
-    return np.clip(image, 0, 255).astype(np.uint8), objects
+    return np.clip(image, 0, 255).astype(np.uint8), objects, instances
 
 
 # ---------------------------------------------------------------- drawing helpers

@@ -43,7 +43,9 @@ class UnknownClassError(cli.InputError):
 @dataclass(frozen=True)
 class VOCItem:
     """One image and its objects. boxes: float32 [G, 4] 0-based inclusive; labels: int64
-    [G] in 1..K (0 is background, never used here); difficult: bool [G]."""
+    [G] in 1..K (0 is background, never used here); difficult: bool [G]; xml_index: int64
+    [G], each object's position among its XML's <object> entries (None: not from a file),
+    which is what VOC's SegmentationObject images number objects by."""
 
     image_id: str
     path: Path
@@ -52,6 +54,7 @@ class VOCItem:
     boxes: np.ndarray
     labels: np.ndarray
     difficult: np.ndarray
+    xml_index: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,23 @@ class VOCDataset:
         """RGB uint8 ``[H, W, 3]`` of item i, checked against the size in its XML."""
         item = self.items[i]
         return load_image(item.path, expected_size=(item.height, item.width))
+
+    def load_masks(self, i: int) -> np.ndarray | None:
+        """bool ``[G, H, W]``: the pixels of each of item i's objects, from
+        ``SegmentationObject/<id>.png`` (pixel value n = the n-th <object> of the XML; 0
+        background, 255 VOC's "void" outline); None when the image has no such file."""
+        item = self.items[i]
+        path = self.root / "SegmentationObject" / f"{item.image_id}.png"
+        if not path.exists() or item.xml_index is None:
+            return None
+        with Image.open(path) as im:
+            values = np.asarray(im)
+        if values.shape != (item.height, item.width):
+            raise VOCFormatError(
+                f"{path}: {values.shape[1]}x{values.shape[0]} pixels, the image is "
+                f"{item.width}x{item.height}"
+            )
+        return values[None] == (item.xml_index + 1)[:, None, None]
 
     @property
     def num_classes(self) -> int:
@@ -213,7 +233,7 @@ def parse_annotation(
                         f"{width}x{height}",
                     )
                 )
-    boxes, labels, difficult = [], [], []
+    boxes, labels, difficult, xml_index = [], [], [], []
     for k, obj in enumerate(ann.iter("object")):
         name = (obj.findtext("name") or "").strip()
         where = f"object {k} ({name or 'no name'})"
@@ -234,6 +254,7 @@ def parse_annotation(
         boxes.append(box)
         labels.append(classes.index(name) + 1)  # 0 is background
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+        xml_index.append(k)
     if any(p.fatal for p in problems):
         return None, problems
     item = VOCItem(
@@ -244,6 +265,7 @@ def parse_annotation(
         boxes=np.array(boxes, dtype=np.float32).reshape(-1, 4),
         labels=np.array(labels, dtype=np.int64),
         difficult=np.array(difficult, dtype=bool),
+        xml_index=np.array(xml_index, dtype=np.int64),
     )
     return item, problems
 
@@ -335,6 +357,7 @@ def _select(item: VOCItem, keep: np.ndarray) -> VOCItem:
         item.boxes[keep],
         item.labels[keep],
         item.difficult[keep],
+        None if item.xml_index is None else item.xml_index[keep],
     )
 
 

@@ -60,6 +60,16 @@ def build_parser() -> cli.ArgumentParser:
         "4-step alternating training (no --resume)",
     )
     data.add_argument(
+        "--copy-paste",
+        type=cli.probability,
+        metavar="P",
+        help="copy-paste augmentation: the probability that a training image gets 1-"
+        f"{SamplerConfig.copy_paste_objects} objects of other training images pasted in "
+        "(default "
+        f"{SamplerConfig.copy_paste} where the images have SegmentationObject masks, as the "
+        "toy set has, else off; 0: off; Fast R-CNN only)",
+    )
+    data.add_argument(
         "--rpn-window",
         type=cli.positive_int,
         help=f"with --proposals rpn: n of the RPN's n x n conv, odd (default {RPNConfig.window})",
@@ -110,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lr_drop is not None and args.lr_drop > epochs:
         parser.error(f"argument --lr-drop: {args.lr_drop} is after the last epoch ({epochs})")
     sampler_config = SamplerConfig()
+    if args.copy_paste is not None:
+        sampler_config = replace(sampler_config, copy_paste=args.copy_paste)
     if args.max_images is not None and args.max_images < sampler_config.images_per_batch:
         parser.error(
             f"argument --max-images: {args.max_images} is fewer than the "
@@ -123,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"argument --rpn-window: an odd size, with --proposals rpn; got {args.rpn_window}"
         )
+    if args.copy_paste is not None and rpn:
+        parser.error("argument --copy-paste: with selective-search proposals only")
     if alternating and args.resume:
         parser.error("argument --resume: alternating training cannot be resumed")
     default_name = ("tiny" if args.tiny else "voc") + ("-rpn" if rpn else "")
@@ -158,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
         raise cli.InputError(
             f"{dataset.root}: {with_objects} {args.split} image(s) with objects{of_classes}, "
             f"fewer than the {sampler_config.images_per_batch} of one mini-batch"
+        )
+    asked = args.copy_paste  # given > 0 on the command line: the masks must be there
+    if asked and all(dataset.load_masks(i) is None for i in range(len(dataset))):
+        raise cli.InputError(
+            f"{dataset.root}: --copy-paste needs object masks (SegmentationObject/<id>.png), "
+            f"and no {args.split} image has one"
         )
     model_config = ModelConfig(num_classes=dataset.num_classes)
     if args.resume:  # now that the classes are known

@@ -1,0 +1,146 @@
+"""Copy-paste augmentation: mask resampling and pasting worked by hand, the toy set's object
+masks against its boxes, and the sampler's pasted ground truth."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minircnn.data import toyvoc
+from minircnn.data.copy_paste import JITTERED_BOXES, paste_objects, resample_mask
+from minircnn.data.image import Preprocessing
+from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
+from minircnn.data.voc import VOCDataset
+from minircnn.ops.boxes import box_iou, flip_boxes
+
+
+def test_resample_mask_by_hand():
+    mask = np.zeros((6, 6), bool)
+    mask[1:5, 1:5] = np.array(
+        [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], bool
+    )  # a diagonal inside the box (1, 1, 4, 4)
+    # down to 2x2: pixel centres 0.5 and 1.5 of 2 map to box rows/cols 1 + 1 and 1 + 3
+    assert resample_mask(mask, (1, 1, 4, 4), (2, 2)).tolist() == [[True, False], [False, True]]
+    # up to 8x8: every box pixel becomes a 2x2 block
+    up = resample_mask(mask, (1, 1, 4, 4), (8, 8))
+    assert np.array_equal(up, np.kron(mask[1:5, 1:5], np.ones((2, 2), bool)))
+
+
+def test_paste_objects_by_hand():
+    image = np.zeros((3, 10, 12), np.float32)
+    gt = np.array([[0, 0, 4, 9]], np.float32)  # the left five columns are taken
+    patch = np.full((3, 3, 3), 7.0, np.float32)
+    mask = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # a plus sign
+    pasted = paste_objects(image, gt, [(patch, mask, 4)], np.random.default_rng(0))
+    assert pasted.labels.tolist() == [4]
+    x1, y1, x2, y2 = pasted.boxes[0].astype(int)
+    assert (x2 - x1 + 1, y2 - y1 + 1) == (3, 3)
+    assert box_iou(pasted.boxes, gt).max() < 0.05  # no annotated object is covered
+    inside = image[:, y1 : y2 + 1, x1 : x2 + 1]
+    assert np.array_equal(inside, np.where(mask, 7.0, 0.0)[None].repeat(3, 0))  # mask only
+    assert image.sum() == 3 * 7.0 * mask.sum()  # nothing outside the box changed
+    assert pasted.jittered.shape == (JITTERED_BOXES, 4)
+
+
+def test_paste_objects_leaves_out_what_has_no_room():
+    image = np.zeros((3, 8, 8), np.float32)
+    gt = np.array([[0, 0, 7, 7]], np.float32)  # one object covers the whole image
+    patch, mask = np.ones((3, 2, 2), np.float32), np.ones((2, 2), bool)
+    pasted = paste_objects(image, gt, [(patch, mask, 1)], np.random.default_rng(0))
+    assert len(pasted.boxes) == 0 and len(pasted.jittered) == 0 and not image.any()
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paste") / "toy"
+    toyvoc.generate(
+        root, seed=4, counts={"train": 6, "val": 0, "test": 0}, min_size=96, max_size=120
+    )
+    return root
+
+
+def test_toy_masks_match_the_boxes_also_for_a_class_subset(toy):
+    for classes in (None, ("star", "box")):
+        ds = VOCDataset(toy, split="train", classes=classes)
+        for i in range(len(ds)):
+            masks, item = ds.load_masks(i), ds[i]
+            assert masks.shape == (len(item.boxes), item.height, item.width)
+            for mask, box in zip(masks, item.boxes, strict=True):
+                ys, xs = np.nonzero(mask)  # the annotation is the mask's tight box
+                assert (xs.min(), ys.min(), xs.max(), ys.max()) == tuple(box.astype(int))
+
+
+def _sampler(ds, copy_paste):
+    config = SamplerConfig(rois_per_batch=32, copy_paste=copy_paste, copy_paste_objects=2)
+    pre = Preprocessing((120.0,) * 3, (60.0,) * 3, short_side=96, max_side=160)
+    proposals = [np.zeros((0, 4), np.float32)] * len(ds)
+    return HierarchicalSampler(ds, proposals, config, pre, np.random.default_rng(1))
+
+
+def test_sampler_pastes_objects_as_new_ground_truth(toy):
+    ds = VOCDataset(toy, split="train")
+    sampler = _sampler(ds, 1.0)
+    assert len(sampler.paste_bank) == sum(len(item.boxes) for item in ds)
+    grew = 0
+    for i in range(len(ds)):
+        view = sampler.view(i)
+        cached = view.image.copy()
+        new_view, (gt_boxes, gt_labels), (candidates, max_iou, _) = sampler._paste(
+            view, sampler.candidates[i]
+        )
+        assert np.array_equal(view.image, cached)  # the cached input is not touched
+        n_new = len(gt_boxes) - len(ds[i].boxes)
+        grew += n_new > 0
+        changed = np.argwhere((new_view.image != view.image).any(axis=0))  # [(y, x)]
+        new_boxes = gt_boxes[len(ds[i].boxes) :]  # original pixels: back to the input's
+        if view.flip:
+            new_boxes = flip_boxes(new_boxes, ds[i].width)
+        in_input = new_boxes * view.scale
+        for y, x in changed:  # every changed pixel lies in a pasted object's box
+            assert any(
+                b[0] - 0.5 <= x <= b[2] + 0.5 and b[1] - 0.5 <= y <= b[3] + 0.5 for b in in_input
+            )
+        assert len(gt_labels) == len(gt_boxes) and set(gt_labels[len(ds[i].boxes) :]) <= set(
+            range(1, ds.num_classes + 1)
+        )
+        assert (max_iou[: len(gt_boxes)] == 1).all()  # the ground truth leads the candidates
+        assert len(candidates) >= len(gt_boxes) + n_new * JITTERED_BOXES
+    assert grew >= len(ds) // 2  # most images had room for an object
+
+
+def test_without_masks_copy_paste_is_off_unless_asked_for(toy, tmp_path):
+    copy = tmp_path / "toy"
+    shutil.copytree(toy, copy)
+    shutil.rmtree(copy / "VOC2007" / "SegmentationObject")
+    ds = VOCDataset(copy, split="train")
+    sampler = _sampler(ds, 1.0)  # the default: on where there are masks
+    assert sampler.paste_bank == []
+    sampler._paste = None  # never called without masks
+    batch = sampler.batch([0, 1])
+    for b, i in enumerate((0, 1)):  # each image of the batch as it is, perhaps mirrored
+        inputs = [sampler.image(i, flip=flip)[0] for flip in (False, True)]
+        h, w = inputs[0].shape[1:]
+        assert any(np.array_equal(batch.images[b, :, :h, :w], x) for x in inputs)
+    # asked for on the command line, it is refused before any work, in one line
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "minircnn.train",
+            "--voc-root",
+            str(copy),
+            "--split",
+            "train",
+            "--copy-paste",
+            "0.5",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error:")
+    assert "--copy-paste needs object masks" in run.stderr and not (tmp_path / "runs").exists()
