@@ -52,6 +52,16 @@ def test_paste_objects_leaves_out_what_has_no_room():
     assert len(pasted.boxes) == 0 and len(pasted.jittered) == 0 and not image.any()
 
 
+def test_a_pasted_box_never_covers_an_annotated_object():
+    image = np.zeros((3, 20, 20), np.float32)
+    gt = np.array([[9, 9, 10, 10]], np.float32)  # small, in the middle
+    patch, mask = np.ones((3, 15, 15), np.float32), np.ones((15, 15), bool)
+    # every 15 x 15 place in 20 x 20 covers the middle (IoU only 4/225: a threshold on IoU
+    # would let it hide the object)
+    pasted = paste_objects(image, gt, [(patch, mask, 1)], np.random.default_rng(0))
+    assert len(pasted.boxes) == 0 and not image.any()
+
+
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("paste") / "toy"
@@ -102,6 +112,16 @@ def test_sampler_pastes_objects_as_new_ground_truth(toy):
             assert any(
                 b[0] - 0.5 <= x <= b[2] + 0.5 and b[1] - 0.5 <= y <= b[3] + 0.5 for b in in_input
             )
+        for box in in_input:  # each pasted box is the tight box of what changed in it
+            x1, y1, x2, y2 = np.round(box).astype(int)
+            inside = changed[
+                (changed[:, 1] >= x1)
+                & (changed[:, 1] <= x2)
+                & (changed[:, 0] >= y1)
+                & (changed[:, 0] <= y2)
+            ]
+            assert (inside[:, 1].min(), inside[:, 0].min()) == (x1, y1)
+            assert (inside[:, 1].max(), inside[:, 0].max()) == (x2, y2)
         assert len(gt_labels) == len(gt_boxes) and set(gt_labels[len(ds[i].boxes) :]) <= set(
             range(1, ds.num_classes + 1)
         )

@@ -9,11 +9,12 @@ Segmentation", CVPR 2021) shows each object against new backgrounds and next to 
 neighbours. It needs each object's pixels, which VOC's ``SegmentationObject`` images hold
 (the toy set writes them for every image; the real VOC2007 for a subset).
 
-The pasted object keeps its scale (it is cut from the source image at the training scale)
-and lands where it overlaps no ground truth of the image, so no annotated object gets
-hidden. Its box joins the image's ground truth, and jittered copies of that box join the
-candidates the RoIs are sampled from, standing in for the proposals selective search
-would have made around it.
+The pasted object keeps its scale (it is cut from the source image at the training scale,
+also under multi-scale training) and lands where its box overlaps no ground-truth box of
+the image nor an object pasted before it, so no annotated object gets hidden. Its box (the
+tight box of its resampled mask) joins the image's ground truth, and jittered copies of
+that box join the candidates the RoIs are sampled from, standing in for the proposals
+selective search would have made around it.
 """
 
 from dataclasses import dataclass
@@ -63,12 +64,13 @@ def jitter_boxes(box: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
 def paste_objects(
     image: np.ndarray, gt_boxes: np.ndarray, objects: list, rng: np.random.Generator
 ) -> Pasted:
-    """Paste ``objects`` into ``image`` (float32 [3, H, W], changed in place) where they
-    overlap none of ``gt_boxes`` [G, 4] nor each other (IoU < 0.05; an object with no such
-    place among ``PLACEMENT_TRIES`` random ones is left out).
+    """Paste ``objects`` into ``image`` (float32 [3, H, W], changed in place) where their
+    boxes overlap none of ``gt_boxes`` [G, 4] nor each other (not one pixel in common; an
+    object with no such place among ``PLACEMENT_TRIES`` random ones is left out).
 
-    objects: (patch float32 [3, h, w], mask bool [h, w], label) each, in the image's
-    pixel scale. Returns the ``Pasted`` boxes, labels and jittered candidates.
+    objects: (patch float32 [3, h, w], mask bool [h, w] with a pixel in its first and last
+    rows and columns, label) each, in the image's pixel scale. Returns the ``Pasted``
+    boxes, labels and jittered candidates (clipped to the image).
     """
     _, height, width = image.shape
     taken = [np.asarray(gt_boxes, np.float32).reshape(-1, 4)]
@@ -81,7 +83,7 @@ def paste_objects(
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
             box = np.array([[x, y, x + w - 1, y + h - 1]], np.float32)
             others = np.vstack(taken)
-            if len(others) == 0 or box_iou(box, others).max() < 0.05:
+            if len(others) == 0 or box_iou(box, others).max() == 0:  # IoU 0: disjoint
                 region = image[:, y : y + h, x : x + w]
                 region[:, mask] = patch[:, mask]
                 taken.append(box)
@@ -90,8 +92,6 @@ def paste_objects(
                 break
     boxes = np.array(boxes, np.float32).reshape(-1, 4)
     jittered = [jitter_boxes(b, JITTERED_BOXES, rng) for b in boxes]
-    return Pasted(
-        boxes,
-        np.array(labels, np.int64),
-        np.vstack(jittered) if jittered else np.zeros((0, 4), np.float32),
-    )
+    jittered = np.vstack(jittered) if jittered else np.zeros((0, 4), np.float32)
+    jittered = np.clip(jittered, 0, [width - 1, height - 1, width - 1, height - 1])
+    return Pasted(boxes, np.array(labels, np.int64), jittered.astype(np.float32))

@@ -258,14 +258,22 @@ class HierarchicalSampler:
         objects = []
         for _ in range(int(self.rng.integers(1, self.config.copy_paste_objects + 1))):
             j, k = self.paste_bank[int(self.rng.integers(len(self.paste_bank)))]
+            if j == view.index:  # an object of this very image: not a new example
+                continue
             source, scale = self.image(j)  # unmirrored, at the training scale
             box = self.dataset[j].boxes[k]
-            x1, y1 = np.floor(box[:2] * scale).astype(int)
-            x2, y2 = np.minimum(np.ceil((box[2:] + 1) * scale), source.shape[:0:-1]).astype(int)
+            # the box's pixels at that scale: [x1, x2) x [y1, y2), as round(edge * scale)
+            x1, y1 = np.round(box[:2] * scale).astype(int)
+            x2, y2 = np.minimum(np.round((box[2:] + 1) * scale), source.shape[:0:-1]).astype(int)
             if x2 - x1 < 2 or y2 - y1 < 2:
                 continue
             mask = resample_mask(self.masks[j][k], box, (y2 - y1, x2 - x1))
-            objects.append((source[:, y1:y2, x1:x2], mask, self.dataset[j].labels[k]))
+            rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+            if len(rows) == 0:
+                continue
+            tight = np.s_[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # the object
+            patch = source[:, y1:y2, x1:x2][tight]
+            objects.append((patch, mask[tight[1:]], self.dataset[j].labels[k]))
         image = view.image.copy()  # the cached input stays as it is
         pasted = paste_objects(image, self.gt_boxes(view), objects, self.rng)
         item = self.dataset[view.index]

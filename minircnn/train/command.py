@@ -115,19 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tiny == bool(args.voc_root):
         parser.error("give exactly one of --tiny or --voc-root")
-    defaults = faster_rcnn_schedule() if args.proposals == "rpn" else TrainConfig()
+    rpn = args.proposals == "rpn"
+    defaults = faster_rcnn_schedule() if rpn else TrainConfig()
     epochs = args.epochs or defaults.epochs
     if args.lr_drop is not None and args.lr_drop > epochs:
         parser.error(f"argument --lr-drop: {args.lr_drop} is after the last epoch ({epochs})")
     sampler_config = SamplerConfig()
-    if args.copy_paste is not None:
-        sampler_config = replace(sampler_config, copy_paste=args.copy_paste)
+    if args.copy_paste is not None or rpn:  # Faster R-CNN's trainers do not paste
+        sampler_config = replace(sampler_config, copy_paste=args.copy_paste or 0.0)
     if args.max_images is not None and args.max_images < sampler_config.images_per_batch:
         parser.error(
             f"argument --max-images: {args.max_images} is fewer than the "
             f"{sampler_config.images_per_batch} images of one mini-batch"
         )
-    rpn = args.proposals == "rpn"
     if args.rpn_training and not rpn:
         parser.error("argument --rpn-training: only with --proposals rpn")
     alternating = args.rpn_training == "alternating"
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"argument --rpn-window: an odd size, with --proposals rpn; got {args.rpn_window}"
         )
-    if args.copy_paste is not None and rpn:
+    if args.copy_paste and rpn:
         parser.error("argument --copy-paste: with selective-search proposals only")
     if alternating and args.resume:
         parser.error("argument --resume: alternating training cannot be resumed")
@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> int:
             )
     t_start = time.perf_counter()
     root = args.voc_root or "data/toyvoc"
-    if args.tiny and not (Path(root) / "VOC2007" / "ImageSets" / "Main" / "test.txt").exists():
+    voc = Path(root) / "VOC2007"  # a toy set from before object masks is made again (same images)
+    if args.tiny and not all(
+        (voc / p).exists() for p in ("ImageSets/Main/test.txt", "SegmentationObject")
+    ):
         from minircnn.data.toyvoc import TINY, generate
 
         print(f"generating the toy set in {root}")

@@ -53,7 +53,8 @@ def fit(
     if train_config is None:  # each model's default schedule
         train_config = TrainConfig() if rpn_config is None else faster_rcnn_schedule()
     pretrain_config = pretrain_config or PretrainConfig()
-    sampler_config = sampler_config or SamplerConfig()
+    if sampler_config is None:  # Faster R-CNN's trainers do not paste (data/copy_paste.py)
+        sampler_config = SamplerConfig(copy_paste=0.0 if rpn_config else SamplerConfig.copy_paste)
     proposal_config = proposal_config or ProposalConfig()
     wall, t0 = {}, time.perf_counter()
     proposals = None  # Faster R-CNN makes its own during training
