@@ -47,7 +47,7 @@ class SamplerConfig:
     # probability that a training image gets 1..copy_paste_objects objects of other
     # training images pasted in, where the training images have object masks
     # (SegmentationObject; without any, off). Chosen on val: 1.0 and 3 objects raised mAP@0.5
-    # by 0.03-0.05 (0.5 and 2 objects: 0.02-0.04); 0 = off
+    # from 0.806 to 0.845 (mean of 3 seeds; 0.5 and 2 objects: +0.02-0.04); 0 = off
     copy_paste: float = 1.0
     copy_paste_objects: int = 3
 
