@@ -191,6 +191,12 @@ class HierarchicalSampler:
         boxes = flip_boxes(item.boxes, item.width) if view.flip else item.boxes
         return (boxes * view.scale).astype(np.float32).reshape(-1, 4)
 
+    def to_original(self, view: "ImageView", boxes: np.ndarray) -> np.ndarray:
+        """Boxes ``[B, 4]`` in a view's input pixels -> the image's own pixels (unscaled,
+        unmirrored): the inverse of ``gt_boxes``'s mapping."""
+        boxes = boxes / view.scale
+        return flip_boxes(boxes, self.dataset[view.index].width) if view.flip else boxes
+
     def batch(self, indices) -> MiniBatch:
         """Sample R/N RoIs from each of the images ``indices`` (among their selective-search
         proposals and ground truth) and assemble the batch."""
@@ -213,9 +219,7 @@ class HierarchicalSampler:
         parts = []
         for b, view in enumerate(views):
             item = self.dataset[view.index]
-            boxes = rois[rois[:, 0] == b, 1:] / view.scale
-            if view.flip:
-                boxes = flip_boxes(boxes, item.width)
+            boxes = self.to_original(view, rois[rois[:, 0] == b, 1:])
             candidates = _match(np.vstack([item.boxes, boxes]).astype(np.float32), item.boxes)
             parts.append(self._sample(b, view, *candidates, len(views), item.boxes, item.labels))
         return _assemble(views, parts)
@@ -277,15 +281,11 @@ class HierarchicalSampler:
         image = view.image.copy()  # the cached input stays as it is
         pasted = paste_objects(image, self.gt_boxes(view), objects, self.rng)
         item = self.dataset[view.index]
-
-        def to_original(boxes):  # input pixels -> the image's own (unmirrored) pixels
-            boxes = boxes / view.scale
-            return flip_boxes(boxes, item.width) if view.flip else boxes
-
-        gt_boxes = np.vstack([item.boxes, to_original(pasted.boxes)]).astype(np.float32)
+        gt_boxes = np.vstack([item.boxes, self.to_original(view, pasted.boxes)])
+        gt_boxes = gt_boxes.astype(np.float32)
         gt_labels = np.concatenate([item.labels, pasted.labels])
         proposals = candidates[len(item.boxes) :]
-        found = np.vstack([gt_boxes, proposals, to_original(pasted.jittered)])
+        found = np.vstack([gt_boxes, proposals, self.to_original(view, pasted.jittered)])
         view = ImageView(view.index, image, view.scale, view.flip)
         return view, (gt_boxes, gt_labels), _match(found.astype(np.float32), gt_boxes)
 

@@ -132,12 +132,15 @@ class VOCDataset:
         item = self.items[i]
         return load_image(item.path, expected_size=(item.height, item.width))
 
+    def mask_path(self, i: int) -> Path:
+        """Where item i's object masks are, if it has any: ``SegmentationObject/<id>.png``."""
+        return self.root / "SegmentationObject" / f"{self.items[i].image_id}.png"
+
     def load_masks(self, i: int) -> np.ndarray | None:
         """bool ``[G, H, W]``: the pixels of each of item i's objects, from
-        ``SegmentationObject/<id>.png`` (pixel value n = the n-th <object> of the XML; 0
-        background, 255 VOC's "void" outline); None when the image has no such file."""
-        item = self.items[i]
-        path = self.root / "SegmentationObject" / f"{item.image_id}.png"
+        ``mask_path(i)`` (pixel value n = the n-th <object> of the XML; 0 background, 255
+        VOC's "void" outline); None when the image has no such file."""
+        item, path = self.items[i], self.mask_path(i)
         if not path.exists() or item.xml_index is None:
             return None
         with Image.open(path) as im:
