@@ -3,7 +3,10 @@
 The paper starts from networks pre-trained on ImageNet classification. Nothing can be
 downloaded here, so the backbone learns from the training split itself: warped crops of
 ground-truth objects (jittered, labelled with their class) and of background regions
-(IoU < 0.3 with every object, label 0), ``crop_size x crop_size`` each. The trained
+(IoU < 0.3 with every object, label 0), ``crop_size x crop_size`` each. Where the data set
+has object masks, each object is also cut out along its mask and laid over a region of
+another training image, so that the classifier sees its shape on backgrounds it was never
+photographed on (copy-paste, as ``data/copy_paste.py`` does for fine-tuning). The trained
 ``Classifier`` is cached and later converted to Fast R-CNN (``FastRCNN.from_classifier``).
 """
 
@@ -35,6 +38,10 @@ class PretrainConfig:
     lr: float = 0.01
     crops_per_object: int = 4  # jittered crops of each ground-truth box
     background_per_image: int = 4  # crops with IoU < 0.3 to every object
+    # crops of each object cut along its mask and laid over another image (where masks
+    # exist; 0 = none). Chosen on val: 8 raised mAP@0.5 from 0.845 to 0.856 (mean of 3
+    # seeds; stars 0.68 -> 0.71); 4 did about as well
+    pasted_per_object: int = 8
     seed: int = 0
 
 
@@ -43,20 +50,57 @@ def crop_bank(
 ):
     """All training crops: float32 ``[M, 3, S, S]`` (normalised like network input) and
     int64 labels ``[M]`` (0 = background, 1..K = class)."""
-    crops, labels = [], []
+    crops, labels, cutouts = [], [], []
     for i in range(len(dataset)):
         item, image = dataset[i], dataset.load_image(i)
         height, width = image.shape[:2]
-        for box, label in zip(item.boxes, item.labels, strict=True):
+        masks = dataset.load_masks(i) if config.pasted_per_object > 0 else None
+        for k, (box, label) in enumerate(zip(item.boxes, item.labels, strict=True)):
             for _ in range(config.crops_per_object):
                 crops.append(_warp(image, _jitter(box, rng, height, width), crop_size))
                 labels.append(label)
+            for _ in range(config.pasted_per_object if masks is not None else 0):
+                cutouts.append(_cutout(image, masks[k], box, label, crop_size, i, rng))
         for _ in range(config.background_per_image):
             box = _background_box(item.boxes, rng, height, width)
             if box is not None:
                 crops.append(_warp(image, box, crop_size))
                 labels.append(0)
+    for crop, label in _paste_cutouts(dataset, cutouts, crop_size, rng):
+        crops.append(crop)
+        labels.append(label)
     return preprocessing.normalise(np.stack(crops)), np.array(labels, dtype=np.int64)
+
+
+def _cutout(image, mask, box, label, crop_size, image_index, rng):
+    """An object to paste: a jittered crop of it and of its mask (the alpha, bilinear, so
+    edges blend), ``[S, S, 3]`` and ``[S, S, 1]`` float32, with its label, box size (w, h)
+    and the index of the image it comes from."""
+    height, width = image.shape[:2]
+    box = _jitter(box, rng, height, width)
+    alpha = _warp(mask[:, :, None].astype(np.float32), box, crop_size)
+    size = (box[2] - box[0] + 1, box[3] - box[1] + 1)
+    return _warp(image, box, crop_size), alpha, label, size, image_index
+
+
+def _paste_cutouts(dataset, cutouts, crop_size, rng):
+    """Each cutout laid over a region of the same size (clipped to the image) at a random
+    place in another training image; yields (crop [S, S, 3], label). Each image is loaded
+    once, however many cutouts land on it."""
+    n = len(dataset)
+    if not cutouts or n < 2:
+        return
+    # another image than the cutout's own: its index plus 1..n-1, modulo n
+    hosts = np.array([(c[4] + rng.integers(1, n)) % n for c in cutouts])
+    for j in np.unique(hosts):
+        image = dataset.load_image(int(j))
+        height, width = image.shape[:2]
+        for c in np.flatnonzero(hosts == j):
+            crop, alpha, label, (w, h), _ = cutouts[c]
+            w, h = min(w, width), min(h, height)
+            x1, y1 = rng.uniform(0, width - w), rng.uniform(0, height - h)
+            background = _warp(image, (x1, y1, x1 + w - 1, y1 + h - 1), crop_size)
+            yield alpha * crop + (1 - alpha) * background, label
 
 
 def pretrain(

@@ -51,7 +51,6 @@ CASES = [
     # Faster R-CNN's default schedule is shorter (8 epochs against 12)
     ("train", "--tiny --proposals rpn --lr-drop 9", "--lr-drop: 9 is after the last epoch (8)"),
     ("train", "--tiny --copy-paste 1.5", "--copy-paste"),
-    ("train", "--tiny --proposals rpn --copy-paste 0.5", "--copy-paste"),
     ("train", "--tiny --max-images 0", "--max-images"),
     ("train", "--tiny --max-images 1", "--max-images"),
     ("train", "--tiny --jobs 0", "--jobs"),

@@ -11,7 +11,7 @@ import pytest
 from minircnn.data import toyvoc
 from minircnn.data.copy_paste import JITTERED_BOXES, paste_objects, resample_mask
 from minircnn.data.image import Preprocessing
-from minircnn.data.sampling import HierarchicalSampler, SamplerConfig
+from minircnn.data.sampling import HierarchicalSampler, ImageView, SamplerConfig
 from minircnn.data.voc import VOCDataset
 from minircnn.ops.boxes import box_iou, flip_boxes
 
@@ -95,11 +95,12 @@ def test_sampler_pastes_objects_as_new_ground_truth(toy):
     assert len(sampler.paste_bank) == sum(len(item.boxes) for item in ds)
     grew = 0
     for i in range(len(ds)):
-        view = sampler.view(i)
+        flip = bool(i % 2)  # as view() would make it, before pasting
+        view = ImageView(i, *sampler.image(i, flip=flip), flip, ds[i].boxes, ds[i].labels)
         cached = view.image.copy()
-        new_view, (gt_boxes, gt_labels), (candidates, max_iou, _) = sampler._paste(
-            view, sampler.candidates[i]
-        )
+        new_view = sampler._paste(view)
+        gt_boxes, gt_labels = new_view.boxes, new_view.labels
+        candidates, max_iou, _ = sampler._candidates(new_view)
         assert np.array_equal(view.image, cached)  # the cached input is not touched
         n_new = len(gt_boxes) - len(ds[i].boxes)
         grew += n_new > 0
@@ -164,3 +165,53 @@ def test_without_masks_copy_paste_is_off_unless_asked_for(toy, tmp_path):
     assert run.returncode == 2 and "Traceback" not in run.stderr
     assert run.stderr.strip().splitlines()[-1].startswith("error:")
     assert "--copy-paste needs object masks" in run.stderr and not (tmp_path / "runs").exists()
+
+
+class _TwoImages:
+    """A stand-in data set: image 0 red with a green disc (its only object, class 2),
+    image 1 blue with no object."""
+
+    def __init__(self):
+        from types import SimpleNamespace
+
+        yy, xx = np.mgrid[:40, :40]
+        self.disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 7**2  # inside the box (10, 10, 30, 30)
+        red = np.zeros((40, 40, 3), np.float32) + [255, 0, 0]
+        red[self.disc] = [0, 255, 0]
+        self.images = [red, np.zeros((40, 40, 3), np.float32) + [0, 0, 255]]
+        box = np.array([[10, 10, 30, 30]], np.float32)
+        self.items = [
+            SimpleNamespace(boxes=box, labels=np.array([2])),
+            SimpleNamespace(boxes=np.zeros((0, 4), np.float32), labels=np.zeros(0, int)),
+        ]
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def load_image(self, i):
+        return self.images[i]
+
+    def load_masks(self, i):
+        return self.disc[None] if i == 0 else np.zeros((0, 40, 40), bool)
+
+
+def test_pretraining_crops_pasted_along_the_mask():
+    from minircnn.pretrain import PretrainConfig, crop_bank
+
+    config = PretrainConfig(crops_per_object=0, background_per_image=0, pasted_per_object=3)
+    identity = Preprocessing((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    crops, labels = crop_bank(_TwoImages(), 16, identity, config, np.random.default_rng(0))
+    assert crops.shape == (3, 3, 16, 16) and labels.tolist() == [2, 2, 2]
+    for crop in crops:  # the disc's own pixels inside, the other image's blue outside
+        assert np.allclose(crop[:, 8, 8], [0, 255, 0])
+        for y, x in [(0, 0), (0, 15), (15, 0), (15, 15)]:  # corners: outside the disc
+            assert np.allclose(crop[:, y, x], [0, 0, 255])
+    # no masks (a data set without SegmentationObject): no pasted crops
+    no_masks = _TwoImages()
+    no_masks.load_masks = lambda i: None
+    config = PretrainConfig(crops_per_object=1, background_per_image=0, pasted_per_object=3)
+    crops, _ = crop_bank(no_masks, 16, identity, config, np.random.default_rng(0))
+    assert len(crops) == 1  # the object's own crop only

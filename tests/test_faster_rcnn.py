@@ -114,7 +114,7 @@ def test_rpn_proposals_become_candidates_in_original_pixels(rpn_toy):
     sampler = HierarchicalSampler(rpn_toy, None, SamplerConfig(rois_per_batch=512), PRE, rng)
     item = rpn_toy[0]
     scale = 1.5
-    view = ImageView(0, np.zeros((3, 10, 10), np.float32), scale, flip=True)
+    view = ImageView(0, np.zeros((3, 10, 10), np.float32), scale, True, item.boxes, item.labels)
     gt_input = flip_boxes(item.boxes, item.width) * scale  # the mirrored objects, scaled
     np.testing.assert_allclose(sampler.gt_boxes(view), gt_input, rtol=1e-6)
     shifted = gt_input + np.array([3.0, 0.0, 3.0, 0.0])  # same size, 3 input px right

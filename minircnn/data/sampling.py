@@ -19,7 +19,7 @@ Images are flipped horizontally with probability 0.5 and rescaled by ``Preproces
 """
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -176,19 +176,24 @@ class HierarchicalSampler:
         return self._images[key]
 
     def view(self, i: int) -> "ImageView":
-        """Image i as one training step sees it: mirrored with probability 0.5 and
-        rescaled to a (random, for multi-scale training) shorter side."""
+        """Image i as one training step sees it: mirrored with probability 0.5, rescaled to
+        a (random, for multi-scale training) shorter side, and, with probability
+        ``copy_paste`` (where there are masks), with objects of other images pasted in."""
         c, pre = self.config, self.preprocessing
         scales = c.train_scales or (pre.short_side,)
         flip = c.flip and self.rng.random() < 0.5
         image, scale = self.image(i, scales[int(self.rng.integers(len(scales)))], flip)
-        return ImageView(int(i), image, scale, bool(flip))
+        item = self.dataset[i]
+        view = ImageView(int(i), image, scale, bool(flip), item.boxes, item.labels)
+        if self.paste_bank and self.rng.random() < c.copy_paste:
+            view = self._paste(view)
+        return view
 
     def gt_boxes(self, view: "ImageView") -> np.ndarray:
         """The ground-truth boxes ``[G, 4]`` of a view in its input pixels (mirrored if
         the view is, then scaled): what the RPN's anchor targets are computed against."""
-        item = self.dataset[view.index]
-        boxes = flip_boxes(item.boxes, item.width) if view.flip else item.boxes
+        width = self.dataset[view.index].width
+        boxes = flip_boxes(view.boxes, width) if view.flip else view.boxes
         return (boxes * view.scale).astype(np.float32).reshape(-1, 4)
 
     def to_original(self, view: "ImageView", boxes: np.ndarray) -> np.ndarray:
@@ -199,46 +204,52 @@ class HierarchicalSampler:
 
     def batch(self, indices) -> MiniBatch:
         """Sample R/N RoIs from each of the images ``indices`` (among their selective-search
-        proposals and ground truth) and assemble the batch."""
+        proposals and ground truth, and boxes around pasted objects) and assemble the
+        batch."""
         views, parts = [], []
         for b, i in enumerate(indices):
-            item, view = self.dataset[i], self.view(i)
-            gt = item.boxes, item.labels
-            candidates = self.candidates[i], self.max_iou[i], self.matched[i]
-            if self.paste_bank and self.rng.random() < self.config.copy_paste:
-                view, gt, candidates = self._paste(view, candidates[0])
-            views.append(view)
-            parts.append(self._sample(b, view, *candidates, len(indices), *gt))
+            views.append(self.view(i))
+            parts.append(self._sample(b, views[-1], *self._candidates(views[-1]), len(indices)))
         return _assemble(views, parts)
 
     def batch_from_proposals(self, views: list["ImageView"], rois: np.ndarray) -> MiniBatch:
         """The same sampling on proposals made during training (Faster R-CNN's RPN):
         ``rois [P, 5]`` (batch index, box in the views' input pixels). Each view's
-        candidates are its ground truth plus its proposals, mapped back to original
-        pixels (unscaled, unmirrored)."""
+        candidates are its ground truth (pasted objects included) plus its proposals,
+        mapped back to original pixels (unscaled, unmirrored)."""
         parts = []
         for b, view in enumerate(views):
-            item = self.dataset[view.index]
             boxes = self.to_original(view, rois[rois[:, 0] == b, 1:])
-            candidates = _match(np.vstack([item.boxes, boxes]).astype(np.float32), item.boxes)
-            parts.append(self._sample(b, view, *candidates, len(views), item.boxes, item.labels))
+            candidates = _match(np.vstack([view.boxes, boxes]).astype(np.float32), view.boxes)
+            parts.append(self._sample(b, view, *candidates, len(views)))
         return _assemble(views, parts)
 
-    def _sample(
-        self, b, view, candidates, max_iou, matched, n_images, gt_boxes, gt_labels
-    ) -> tuple:
+    def _candidates(self, view: "ImageView") -> tuple:
+        """A view's candidate RoIs (original pixels), each one's best IoU with the view's
+        ground truth and the index of that box: precomputed for an image as it is; after
+        a paste, its proposals and the jittered boxes around the pasted objects matched
+        to the grown ground truth."""
+        i = view.index
+        if len(view.jittered) == 0:  # nothing pasted: the image's own ground truth
+            return self.candidates[i], self.max_iou[i], self.matched[i]
+        proposals = self.candidates[i][len(self.dataset[i].boxes) :]
+        found = np.vstack([view.boxes, proposals, view.jittered]).astype(np.float32)
+        return _match(found, view.boxes)
+
+    def _sample(self, b, view, candidates, max_iou, matched, n_images) -> tuple:
         """Image ``b`` of a batch: RoIs sampled among ``candidates [M, 4]`` (original
-        pixels) matched to ``gt_boxes [G, 4]`` with ``gt_labels [G]`` -> (rois [n, 5] in
-        input pixels, labels, targets, weights)."""
+        pixels) matched to the view's ground truth -> (rois [n, 5] in input pixels, labels,
+        targets, weights)."""
         c, pre = self.config, self.preprocessing
-        item = self.dataset[view.index]
         keep, is_fg = sample_rois(max_iou, c.rois_per_batch // n_images, c, self.rng)
         boxes = candidates[keep]  # [n, 4], original pixels
         matched = matched[keep]
-        gt = gt_boxes[matched] if len(gt_boxes) else boxes  # only fg rows are used
-        lab = roi_labels(gt_labels[matched] if len(gt_boxes) else 0, is_fg)
+        has_gt = len(view.boxes) > 0
+        gt = view.boxes[matched] if has_gt else boxes  # only fg rows are used
+        lab = roi_labels(view.labels[matched] if has_gt else 0, is_fg)
         if view.flip:  # the image was mirrored in original pixels, so are its boxes
-            boxes, gt = flip_boxes(boxes, item.width), flip_boxes(gt, item.width)
+            width = self.dataset[view.index].width
+            boxes, gt = flip_boxes(boxes, width), flip_boxes(gt, width)
         t, w = class_specific_targets(
             boxes, gt, lab, self.num_classes, pre.target_means, pre.target_stds
         )
@@ -255,10 +266,10 @@ class HierarchicalSampler:
             self.masks[int(i)] = masks
             self.paste_bank += [(int(i), k) for k in range(len(masks)) if masks[k].any()]
 
-    def _paste(self, view: "ImageView", candidates: np.ndarray):
+    def _paste(self, view: "ImageView") -> "ImageView":
         """``view`` with 1..copy_paste_objects objects of other training images pasted in
-        (``copy_paste.paste_objects``) -> (the new view, (ground-truth boxes, labels) and
-        (candidates, their best IoU, matched ground truth)), all in original pixels."""
+        (``copy_paste.paste_objects``): a new view whose ground truth includes them and
+        whose ``jittered`` boxes surround them (original pixels)."""
         objects = []
         for _ in range(int(self.rng.integers(1, self.config.copy_paste_objects + 1))):
             j, k = self.paste_bank[int(self.rng.integers(len(self.paste_bank)))]
@@ -280,25 +291,29 @@ class HierarchicalSampler:
             objects.append((patch, mask[tight[1:]], self.dataset[j].labels[k]))
         image = view.image.copy()  # the cached input stays as it is
         pasted = paste_objects(image, self.gt_boxes(view), objects, self.rng)
-        item = self.dataset[view.index]
-        gt_boxes = np.vstack([item.boxes, self.to_original(view, pasted.boxes)])
-        gt_boxes = gt_boxes.astype(np.float32)
-        gt_labels = np.concatenate([item.labels, pasted.labels])
-        proposals = candidates[len(item.boxes) :]
-        found = np.vstack([gt_boxes, proposals, self.to_original(view, pasted.jittered)])
-        view = ImageView(view.index, image, view.scale, view.flip)
-        return view, (gt_boxes, gt_labels), _match(found.astype(np.float32), gt_boxes)
+        boxes = np.vstack([view.boxes, self.to_original(view, pasted.boxes)])
+        labels = np.concatenate([view.labels, pasted.labels])
+        jittered = self.to_original(view, pasted.jittered).astype(np.float32)
+        return ImageView(
+            view.index, image, view.scale, view.flip, boxes.astype(np.float32), labels, jittered
+        )
 
 
 @dataclass
 class ImageView:
     """An image as one training step sees it: index into the data set, network input
-    ``[3, H', W']`` float32, scale (input over original pixels), whether it is mirrored."""
+    ``[3, H', W']`` float32, scale (input over original pixels), whether it is mirrored,
+    its ground truth in the image's own pixels (unscaled, unmirrored: boxes float32
+    [G, 4], labels int64 [G]; pasted objects included) and the jittered boxes float32
+    [J, 4] around pasted objects (J = 0 when nothing was pasted)."""
 
     index: int
     image: np.ndarray
     scale: float
     flip: bool
+    boxes: np.ndarray
+    labels: np.ndarray
+    jittered: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
 
 
 def _match(candidates: np.ndarray, gt_boxes: np.ndarray) -> tuple:

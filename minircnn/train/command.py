@@ -67,7 +67,7 @@ def build_parser() -> cli.ArgumentParser:
         f"{SamplerConfig.copy_paste_objects} objects of other training images pasted in "
         "(default "
         f"{SamplerConfig.copy_paste} where the images have SegmentationObject masks, as the "
-        "toy set has, else off; 0: off; Fast R-CNN only)",
+        "toy set has, else off; 0: off)",
     )
     data.add_argument(
         "--rpn-window",
@@ -121,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.lr_drop is not None and args.lr_drop > epochs:
         parser.error(f"argument --lr-drop: {args.lr_drop} is after the last epoch ({epochs})")
     sampler_config = SamplerConfig()
-    if args.copy_paste is not None or rpn:  # Faster R-CNN's trainers do not paste
-        sampler_config = replace(sampler_config, copy_paste=args.copy_paste or 0.0)
+    if args.copy_paste is not None:
+        sampler_config = replace(sampler_config, copy_paste=args.copy_paste)
     if args.max_images is not None and args.max_images < sampler_config.images_per_batch:
         parser.error(
             f"argument --max-images: {args.max_images} is fewer than the "
@@ -135,8 +135,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"argument --rpn-window: an odd size, with --proposals rpn; got {args.rpn_window}"
         )
-    if args.copy_paste and rpn:
-        parser.error("argument --copy-paste: with selective-search proposals only")
     if alternating and args.resume:
         parser.error("argument --resume: alternating training cannot be resumed")
     default_name = ("tiny" if args.tiny else "voc") + ("-rpn" if rpn else "")

@@ -53,8 +53,7 @@ def fit(
     if train_config is None:  # each model's default schedule
         train_config = TrainConfig() if rpn_config is None else faster_rcnn_schedule()
     pretrain_config = pretrain_config or PretrainConfig()
-    if sampler_config is None:  # Faster R-CNN's trainers do not paste (data/copy_paste.py)
-        sampler_config = SamplerConfig() if rpn_config is None else SamplerConfig(copy_paste=0.0)
+    sampler_config = sampler_config or SamplerConfig()
     proposal_config = proposal_config or ProposalConfig()
     wall, t0 = {}, time.perf_counter()
     proposals = None  # Faster R-CNN makes its own during training
