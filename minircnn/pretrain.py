@@ -59,7 +59,8 @@ def crop_bank(
             for _ in range(config.crops_per_object):
                 crops.append(_warp(image, _jitter(box, rng, height, width), crop_size))
                 labels.append(label)
-            for _ in range(config.pasted_per_object if masks is not None else 0):
+            has_pixels = masks is not None and masks[k].any()  # a hidden object has none
+            for _ in range(config.pasted_per_object if has_pixels else 0):
                 cutouts.append(_cutout(image, masks[k], box, label, crop_size, i, rng))
         for _ in range(config.background_per_image):
             box = _background_box(item.boxes, rng, height, width)
@@ -153,6 +154,10 @@ def load_or_pretrain(
             "root": str(dataset.root),
             "split": dataset.split,
             "ids": [it.image_id for it in dataset],
+            # masks added to a data set later change the crop bank: a new classifier
+            "masks": [i for i in range(len(dataset)) if dataset.mask_path(i).exists()]
+            if config.pasted_per_object > 0
+            else [],
         },
         sort_keys=True,
     )

@@ -215,3 +215,32 @@ def test_pretraining_crops_pasted_along_the_mask():
     config = PretrainConfig(crops_per_object=1, background_per_image=0, pasted_per_object=3)
     crops, _ = crop_bank(no_masks, 16, identity, config, np.random.default_rng(0))
     assert len(crops) == 1  # the object's own crop only
+
+
+def test_pasted_objects_reach_anchor_targets_and_rpn_sampling(toy):
+    """Faster R-CNN's path: a view from ``view()`` with objects pasted in hands them to
+    ``gt_boxes`` (the RPN's anchor targets) in input pixels, mirrored views included, and
+    a proposal on a pasted box becomes a foreground RoI with its label and zero targets."""
+    ds = VOCDataset(toy, split="train")
+    config = SamplerConfig(rois_per_batch=512, copy_paste=1.0, copy_paste_objects=2)
+    pre = Preprocessing((120.0,) * 3, (60.0,) * 3, short_side=96, max_side=160)
+    sampler = HierarchicalSampler(ds, None, config, pre, np.random.default_rng(2))
+    seen = set()
+    for i in list(range(len(ds))) * 2:
+        view = sampler.view(i)
+        n_own = len(ds[i].boxes)
+        if len(view.boxes) == n_own:
+            continue
+        seen.add(view.flip)
+        pasted, labels = view.boxes[n_own:], view.labels[n_own:]
+        in_input = (flip_boxes(pasted, ds[i].width) if view.flip else pasted) * view.scale
+        np.testing.assert_allclose(sampler.gt_boxes(view)[n_own:], in_input, rtol=1e-5)
+        rois = np.column_stack([np.zeros(len(in_input)), in_input]).astype(np.float32)
+        batch = sampler.batch_from_proposals([view], rois)
+        for box, label in zip(in_input, labels, strict=True):
+            hits = np.flatnonzero(np.all(np.abs(batch.rois[:, 1:] - box) < 1e-3, axis=1))
+            assert len(hits) == 2  # the pasted ground truth and the proposal on it
+            assert (batch.labels[hits] == label).all()
+            targets = batch.bbox_targets[hits][:, 4 * label : 4 * label + 4]
+            np.testing.assert_allclose(targets, 0, atol=1e-5)
+    assert seen == {False, True}  # pasted into mirrored and unmirrored views

@@ -109,11 +109,11 @@ class HierarchicalSampler:
     """Mini-batches of N images x R/N RoIs from a dataset and its proposals.
 
     Per image, the candidates are its proposals (None: none yet, for proposals made during
-    training, ``batch_from_proposals``) plus its ground-truth boxes (so every
-    image with an object has foreground), and each candidate's best IoU and matched
-    ground truth are computed once. An image with no usable candidate (no object and no
-    proposal in the background range) can teach nothing: it is left out with a warning
-    naming it. Prepared images are cached in memory.
+    training, ``batch_from_proposals``) plus its ground-truth boxes (so every image with
+    an object has foreground), and each candidate's best IoU and matched ground truth are
+    computed once (and again for a view with pasted objects). An image with no usable
+    candidate (no object and no proposal in the background range) can teach nothing: it
+    is left out with a warning naming it. Prepared images are cached in memory.
     """
 
     def __init__(
@@ -190,8 +190,9 @@ class HierarchicalSampler:
         return view
 
     def gt_boxes(self, view: "ImageView") -> np.ndarray:
-        """The ground-truth boxes ``[G, 4]`` of a view in its input pixels (mirrored if
-        the view is, then scaled): what the RPN's anchor targets are computed against."""
+        """The ground-truth boxes ``[G, 4]`` of a view (pasted objects included) in its
+        input pixels (mirrored if the view is, then scaled): what the RPN's anchor targets
+        are computed against."""
         width = self.dataset[view.index].width
         boxes = flip_boxes(view.boxes, width) if view.flip else view.boxes
         return (boxes * view.scale).astype(np.float32).reshape(-1, 4)
@@ -230,7 +231,7 @@ class HierarchicalSampler:
         a paste, its proposals and the jittered boxes around the pasted objects matched
         to the grown ground truth."""
         i = view.index
-        if len(view.jittered) == 0:  # nothing pasted: the image's own ground truth
+        if len(view.boxes) == len(self.dataset[i].boxes):  # nothing pasted
             return self.candidates[i], self.max_iou[i], self.matched[i]
         proposals = self.candidates[i][len(self.dataset[i].boxes) :]
         found = np.vstack([view.boxes, proposals, view.jittered]).astype(np.float32)

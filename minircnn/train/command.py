@@ -67,7 +67,7 @@ def build_parser() -> cli.ArgumentParser:
         f"{SamplerConfig.copy_paste_objects} objects of other training images pasted in "
         "(default "
         f"{SamplerConfig.copy_paste} where the images have SegmentationObject masks, as the "
-        "toy set has, else off; 0: off)",
+        "toy set has, else off; 0: off, and no pasted pre-training crops either)",
     )
     data.add_argument(
         "--rpn-window",
@@ -196,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         iterations=args.pretrain_iterations or PretrainConfig.iterations,
         seed=args.seed,
     )
+    if args.copy_paste == 0:  # no masks read at all: no pasted pre-training crops either
+        pre_config = replace(pre_config, pasted_per_object=0)
     try:
         trainer = fit(
             dataset,
