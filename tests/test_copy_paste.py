@@ -215,6 +215,11 @@ def test_pretraining_crops_pasted_along_the_mask():
     config = PretrainConfig(crops_per_object=1, background_per_image=0, pasted_per_object=3)
     crops, _ = crop_bank(no_masks, 16, identity, config, np.random.default_rng(0))
     assert len(crops) == 1  # the object's own crop only
+    # a mask without pixels (a hidden object): its "cutout" would be pure background
+    hidden = _TwoImages()
+    hidden.load_masks = lambda i: np.zeros((1 - i, 40, 40), bool)
+    crops, _ = crop_bank(hidden, 16, identity, config, np.random.default_rng(0))
+    assert len(crops) == 1
 
 
 def test_pasted_objects_reach_anchor_targets_and_rpn_sampling(toy):
