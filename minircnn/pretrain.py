@@ -155,9 +155,7 @@ def load_or_pretrain(
             "split": dataset.split,
             "ids": [it.image_id for it in dataset],
             # masks added to a data set later change the crop bank: a new classifier
-            "masks": [i for i in range(len(dataset)) if dataset.mask_path(i).exists()]
-            if config.pasted_per_object > 0
-            else [],
+            "masks": dataset.with_masks() if config.pasted_per_object > 0 else [],
         },
         sort_keys=True,
     )

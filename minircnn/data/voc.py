@@ -136,6 +136,10 @@ class VOCDataset:
         """Where item i's object masks are, if it has any: ``SegmentationObject/<id>.png``."""
         return self.root / "SegmentationObject" / f"{self.items[i].image_id}.png"
 
+    def with_masks(self) -> list[int]:
+        """The indices of the items that have a ``mask_path`` file."""
+        return [i for i in range(len(self.items)) if self.mask_path(i).exists()]
+
     def load_masks(self, i: int) -> np.ndarray | None:
         """bool ``[G, H, W]``: the pixels of each of item i's objects, from
         ``mask_path(i)`` (pixel value n = the n-th <object> of the XML; 0 background, 255

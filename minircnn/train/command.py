@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             f"fewer than the {sampler_config.images_per_batch} of one mini-batch"
         )
     asked = args.copy_paste  # given > 0 on the command line: the masks must be there
-    if asked and not any(dataset.mask_path(i).exists() for i in range(len(dataset))):
+    if asked and not dataset.with_masks():
         raise cli.InputError(
             f"{dataset.root}: --copy-paste needs object masks (SegmentationObject/<id>.png), "
             f"and no {args.split} image has one"
