@@ -227,7 +227,9 @@ def test_pasted_objects_reach_anchor_targets_and_rpn_sampling(toy):
     ``gt_boxes`` (the RPN's anchor targets) in input pixels, mirrored views included, and
     a proposal on a pasted box becomes a foreground RoI with its label and zero targets."""
     ds = VOCDataset(toy, split="train")
-    config = SamplerConfig(rois_per_batch=512, copy_paste=1.0, copy_paste_objects=2)
+    config = SamplerConfig(
+        rois_per_batch=512, copy_paste=1.0, copy_paste_objects=2, jittered_per_gt=0
+    )
     pre = Preprocessing((120.0,) * 3, (60.0,) * 3, short_side=96, max_side=160)
     sampler = HierarchicalSampler(ds, None, config, pre, np.random.default_rng(2))
     seen = set()

@@ -14,7 +14,7 @@ from minircnn.faster_rcnn import FasterRCNN, RPNConfig
 from minircnn.gradcheck import gradcheck
 from minircnn.layers.losses import MultiTaskLoss
 from minircnn.model import FastRCNN, ModelConfig
-from minircnn.ops.boxes import flip_boxes
+from minircnn.ops.boxes import box_iou, flip_boxes
 from minircnn.optim import SGDConfig
 from minircnn.rpn import AnchorConfig, RPNLoss, RPNProposalConfig, batch_anchor_targets
 from minircnn.rpn.compare import rpn_proposals, time_per_image
@@ -111,7 +111,8 @@ def test_rpn_proposals_become_candidates_in_original_pixels(rpn_toy):
     proposal that is a ground-truth box comes back as a foreground RoI at the same input
     position with zero regression targets."""
     rng = np.random.default_rng(0)
-    sampler = HierarchicalSampler(rpn_toy, None, SamplerConfig(rois_per_batch=512), PRE, rng)
+    config = SamplerConfig(rois_per_batch=512, jittered_per_gt=0)  # the proposals alone
+    sampler = HierarchicalSampler(rpn_toy, None, config, PRE, rng)
     item = rpn_toy[0]
     scale = 1.5
     view = ImageView(0, np.zeros((3, 10, 10), np.float32), scale, True, item.boxes, item.labels)
@@ -137,6 +138,32 @@ def test_rpn_proposals_become_candidates_in_original_pixels(rpn_toy):
         hits = np.flatnonzero(np.all(np.abs(batch.rois[:, 1:] - box) < 1e-3, axis=1))
         if len(hits) and batch.labels[hits[0]] > 0:
             assert batch.bbox_targets[hits[0], 4 * label] < 0
+
+
+def test_jittered_ground_truth_joins_the_rpn_candidates(rpn_toy):
+    """With no proposals at all, ``jittered_per_gt`` copies of each ground-truth box still
+    give foreground RoIs beyond the ground truth itself: inside the image, each one
+    overlapping its object by IoU >= 0.5 and labelled with its class; without them only
+    the ground-truth boxes are foreground."""
+    item = rpn_toy[0]
+    view = ImageView(0, np.zeros((3, 10, 10), np.float32), 1.0, False, item.boxes, item.labels)
+    no_rois = np.zeros((0, 5), np.float32)
+    counts = {}
+    for n in (0, 30):
+        config = SamplerConfig(rois_per_batch=4096, jittered_per_gt=n)
+        sampler = HierarchicalSampler(rpn_toy, None, config, PRE, np.random.default_rng(0))
+        batch = sampler.batch_from_proposals([view], no_rois)
+        fg = batch.labels > 0
+        boxes = batch.rois[fg, 1:]
+        iou = box_iou(boxes, item.boxes)
+        assert (iou.max(axis=1) >= 0.5).all()
+        np.testing.assert_array_equal(batch.labels[fg], item.labels[iou.argmax(axis=1)])
+        assert (boxes >= 0).all() and (boxes[:, 2] <= item.width - 1).all()
+        assert (boxes[:, 3] <= item.height - 1).all()
+        counts[n] = int(fg.sum())
+    assert counts[0] == len(item.boxes)
+    # about half of a box's jittered copies overlap it by >= 0.5 (copy_paste.jitter_boxes)
+    assert counts[30] >= len(item.boxes) * (1 + 5)
 
 
 def test_batch_anchor_targets_stack_per_image_targets():

@@ -61,6 +61,16 @@ def jitter_boxes(box: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
     )
 
 
+def jittered_candidates(
+    boxes: np.ndarray, n: int, height: int, width: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n`` jittered copies of each of ``boxes`` [G, 4] (``jitter_boxes``), clipped to a
+    ``height x width`` image: float32 [G*n, 4], box by box."""
+    jittered = [jitter_boxes(b, n, rng) for b in boxes]
+    jittered = np.vstack(jittered) if jittered else np.zeros((0, 4), np.float32)
+    return np.clip(jittered, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.float32)
+
+
 def paste_objects(
     image: np.ndarray, gt_boxes: np.ndarray, objects: list, rng: np.random.Generator
 ) -> Pasted:
@@ -91,7 +101,5 @@ def paste_objects(
                 labels.append(label)
                 break
     boxes = np.array(boxes, np.float32).reshape(-1, 4)
-    jittered = [jitter_boxes(b, JITTERED_BOXES, rng) for b in boxes]
-    jittered = np.vstack(jittered) if jittered else np.zeros((0, 4), np.float32)
-    jittered = np.clip(jittered, 0, [width - 1, height - 1, width - 1, height - 1])
-    return Pasted(boxes, np.array(labels, np.int64), jittered.astype(np.float32))
+    jittered = jittered_candidates(boxes, JITTERED_BOXES, height, width, rng)
+    return Pasted(boxes, np.array(labels, np.int64), jittered)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minircnn.cli import InputError
-from minircnn.data.copy_paste import paste_objects, resample_mask
+from minircnn.data.copy_paste import jittered_candidates, paste_objects, resample_mask
 from minircnn.data.image import Preprocessing, pad_batch
 from minircnn.data.voc import VOCDataset
 from minircnn.ops.boxes import bbox_encode, box_iou, flip_boxes
@@ -50,6 +50,15 @@ class SamplerConfig:
     # from 0.806 to 0.845 (mean of 3 seeds; 0.5 and 2 objects: +0.02-0.04); 0 = off
     copy_paste: float = 1.0
     copy_paste_objects: int = 3
+    # Faster R-CNN (RoIs sampled from the RPN's proposals, ``batch_from_proposals``):
+    # jittered copies of each ground-truth box (``copy_paste.jitter_boxes``) join the
+    # candidates beside the ground truth itself, which py-faster-rcnn adds; not in the
+    # paper. The RPN's proposals cover the objects less well than selective search's
+    # (least of all early in training, when the RPN has learnt little), so these give the
+    # head more, and more varied, foreground RoIs to learn from. Chosen on val (trained on
+    # train for 800 iterations, 3 seeds): mAP@0.5 0.761 without, 0.794 with 30; 0 = off.
+    # Unused with selective search's proposals.
+    jittered_per_gt: int = 30
 
 
 @dataclass
@@ -216,13 +225,18 @@ class HierarchicalSampler:
     def batch_from_proposals(self, views: list["ImageView"], rois: np.ndarray) -> MiniBatch:
         """The same sampling on proposals made during training (Faster R-CNN's RPN):
         ``rois [P, 5]`` (batch index, box in the views' input pixels). Each view's
-        candidates are its ground truth (pasted objects included) plus its proposals,
-        mapped back to original pixels (unscaled, unmirrored)."""
+        candidates are its ground truth (pasted objects included), ``jittered_per_gt``
+        jittered copies of each of its boxes, and its proposals mapped back to original
+        pixels (unscaled, unmirrored)."""
         parts = []
         for b, view in enumerate(views):
             boxes = self.to_original(view, rois[rois[:, 0] == b, 1:])
-            candidates = _match(np.vstack([view.boxes, boxes]).astype(np.float32), view.boxes)
-            parts.append(self._sample(b, view, *candidates, len(views)))
+            image = self.dataset[view.index]
+            jittered = jittered_candidates(
+                view.boxes, self.config.jittered_per_gt, image.height, image.width, self.rng
+            )
+            found = np.vstack([view.boxes, jittered, boxes]).astype(np.float32)
+            parts.append(self._sample(b, view, *_match(found, view.boxes), len(views)))
         return _assemble(views, parts)
 
     def _candidates(self, view: "ImageView") -> tuple:
