@@ -141,8 +141,8 @@ class FasterRCNN(_Network):
     def trainable_names(self):
         return [*self.fast.trainable_names(), *self.rpn.trainable_names()]
 
-    def _dropouts(self):
-        return self.fast._dropouts()
+    def _mode_layers(self):
+        return self.fast._mode_layers()
 
     def train_flops(self, images_shape: tuple, n_rois: int) -> float:
         """FLOPs of one joint training step: Fast R-CNN's plus the RPN head's three convs

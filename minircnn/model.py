@@ -206,17 +206,19 @@ class _Network:
                 )
             p[...] = arrays[name]
 
-    def _dropouts(self):
+    def _mode_layers(self):
+        """The layers whose forward differs in training and in eval mode: dropout, and RoI
+        pooling (which keeps its argmax only for a backward pass)."""
         return [layer for layer in self.head.seq if isinstance(layer, Dropout)]
 
     def train(self):
-        for d in self._dropouts():
-            d.train()
+        for layer in self._mode_layers():
+            layer.train()
         return self
 
     def eval(self):
-        for d in self._dropouts():
-            d.eval()
+        for layer in self._mode_layers():
+            layer.eval()
         return self
 
 
@@ -344,6 +346,9 @@ class FastRCNN(_Network):
         fc7 and fc6): all that training the fc layers and heads alone needs."""
         dx = self.cls_score.backward(dcls) + self.bbox_pred.backward(dbbox)  # [R, fc7]
         return self.head.backward(dx).reshape(self._pooled_shape)
+
+    def _mode_layers(self):
+        return [*super()._mode_layers(), self.roi_pool]
 
     def named_layers(self):
         return [

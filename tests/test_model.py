@@ -106,3 +106,21 @@ def test_receptive_fields_vgg16():
     assert by_name["conv5_3"] == (16, 196)
     assert by_name["pool5"] == (32, 212)
     assert receptive_fields([*layers[:-1], ("rpn_conv", 3, 1)])[-1][1:] == (16, 228)
+
+
+def test_eval_and_train_switch_dropout_and_roi_pooling():
+    """``eval()`` (detection) puts dropout and RoI pooling in eval mode, Faster R-CNN's
+    included; ``train()`` puts them back."""
+    from minircnn.faster_rcnn import FasterRCNN
+    from minircnn.layers import Dropout
+
+    config = ModelConfig(**{**TINY.__dict__, "dropout": 0.5})
+    for model in (FastRCNN(config), FasterRCNN(config)):
+        fast = model.fast if isinstance(model, FasterRCNN) else model
+        dropouts = [layer for layer in fast.head.seq if isinstance(layer, Dropout)]
+        switched = [fast.roi_pool, *dropouts]
+        assert len(switched) == 3  # RoI pooling, and dropout after fc6 and after fc7
+        model.eval()
+        assert not any(layer.training for layer in switched)
+        model.train()
+        assert all(layer.training for layer in switched)

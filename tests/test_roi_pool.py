@@ -145,6 +145,27 @@ def test_gradcheck_float64():
     assert err < 1e-6
 
 
+def test_eval_mode_pools_the_same_without_an_argmax():
+    """Detection's forward (eval mode) gives the same outputs as training's, keeps no
+    argmax, and refuses a backward pass; ``train()`` brings the argmax back."""
+    rng = np.random.default_rng(4)
+    features = rng.standard_normal((2, 5, 12, 14)).astype(np.float32)
+    rois = random_rois(rng, 40, 2, 12, 14, 1.0)
+    out, arg = roi_pool(features, rois, 3, 1.0)
+    out_eval, no_arg = roi_pool(features, rois, 3, 1.0, with_argmax=False)
+    assert no_arg is None
+    np.testing.assert_array_equal(out_eval, out)
+    layer = RoIPool(3, 1.0).eval()
+    np.testing.assert_array_equal(layer.forward(features, rois), out)
+    with pytest.raises(RuntimeError, match="eval mode"):
+        layer.backward(np.ones_like(out))
+    layer.train().forward(features, rois)
+    np.testing.assert_array_equal(
+        layer.backward(np.ones_like(out)),
+        roi_pool_backward(np.ones_like(out), arg, rois, features.shape),
+    )
+
+
 def test_backward_is_deterministic():
     rng = np.random.default_rng(3)
     features = rng.standard_normal((2, 4, 12, 12)).astype(np.float32)

@@ -30,7 +30,8 @@ class RoIPool(Layer):
 
     ``spatial_scale`` maps image pixels to feature-map cells (1/stride of the backbone).
     forward: features ``[N, C, H, W]``, rois ``[R, 5]`` -> ``[R, C, P, P]``.
-    backward: ``[R, C, P, P]`` -> ``[N, C, H, W]`` through the stored argmax.
+    backward: ``[R, C, P, P]`` -> ``[N, C, H, W]`` through the stored argmax. In eval
+    mode (``eval()``: detection) forward finds no argmax, and backward is refused.
     """
 
     def __init__(self, output_size: int | tuple[int, int], spatial_scale: float) -> None:
@@ -40,12 +41,16 @@ class RoIPool(Layer):
 
     def forward(self, features: np.ndarray, rois: np.ndarray) -> np.ndarray:
         features = check_float_array(features, "RoIPool features", 4)
-        out, argmax = roi_pool(features, rois, self.output_size, self.spatial_scale)
+        out, argmax = roi_pool(
+            features, rois, self.output_size, self.spatial_scale, with_argmax=self.training
+        )
         self._cache = (argmax, np.asarray(rois), features.shape)
         return out
 
     def backward(self, dy: np.ndarray) -> np.ndarray:
         argmax, rois, features_shape = require_forward(self._cache, "RoIPool")
+        if argmax is None:
+            raise RuntimeError("RoIPool.backward after a forward in eval mode (no argmax)")
         dy = check_same_shape(dy, argmax.shape, "RoIPool")
         return roi_pool_backward(dy, argmax, rois, features_shape)
 
@@ -55,27 +60,30 @@ def roi_pool(
     rois: np.ndarray,
     output_size: int | tuple[int, int],
     spatial_scale: float,
-) -> tuple[np.ndarray, np.ndarray]:
+    with_argmax: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Max-pool each RoI to a fixed grid.
 
     features: ``[N, C, H, W]`` float32/float64; rois: ``[R, 5]`` ``(batch_index, x1, y1,
     x2, y2)``; output_size: ``P`` or ``(ph, pw)``; spatial_scale > 0.
     Returns ``out [R, C, ph, pw]`` (features' dtype) and ``argmax`` int32 (flat ``h*W + w``
     indices; int32 halves the memory traffic of int64 and holds any map up to 2^31 cells),
-    same shape.
+    same shape; None with ``with_argmax=False``, for a forward that no backward follows
+    (detection: measured 8.6 -> 4.8 ms for 892 RPN proposals of 64 channels at 4x4, the
+    argmax's allocation included).
     """
     features, rois, (ph, pw), batch = _validate(features, rois, output_size, spatial_scale)
     n_rois, n_ch = rois.shape[0], features.shape[1]
     h_lo, h_hi, w_lo, w_hi = roi_bins(rois, ph, pw, spatial_scale, features.shape, features.dtype)
     out = np.empty((n_rois, n_ch, ph, pw), dtype=features.dtype)
-    argmax = np.empty((n_rois, n_ch, ph, pw), dtype=np.int32)
+    argmax = np.empty((n_rois if with_argmax else 0, n_ch, ph, pw), dtype=np.int32)
     # channels last for the scan: every cell of a bin is then one contiguous run of C
     # values, compared with C running maxima at once (SIMD), instead of C strided planes
     n_img, _, height, width = features.shape
     channels_last = np.empty((n_img, height, width, n_ch), dtype=features.dtype)
     _to_channels_last(features, channels_last)
     _roi_pool_kernel(channels_last, batch, h_lo, h_hi, w_lo, w_hi, out, argmax)
-    return out, argmax
+    return out, (argmax if with_argmax else None)
 
 
 def roi_pool_backward(
@@ -119,13 +127,15 @@ def _to_channels_last(features, out):
 
 @njit(parallel=True, cache=True)
 def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
-    """features: [N, H, W, C] (channels last); out, argmax: [R, C, ph, pw].
+    """features: [N, H, W, C] (channels last); out: [R, C, ph, pw]; argmax: the same, or
+    [0, C, ph, pw] to pool without tracking it.
 
     Each RoI's bins are gathered channels last in a small buffer ``[ph*pw, C]``, then
     written out channel by channel: contiguous stores instead of one C-strided store per
     bin (measured: 46 -> 37 ms for 512 RoIs of 512 channels)."""
     n_rois, n_ch, ph, pw = out.shape
     width = features.shape[2]
+    track = argmax.shape[0] > 0  # the compiler hoists it: two versions of the loops
     for r in prange(n_rois):
         fmap = features[batch[r]]  # [H, W, C] of this RoI's image
         best = np.empty((ph * pw, n_ch), dtype=features.dtype)
@@ -148,13 +158,18 @@ def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
                         for c in range(n_ch):  # branch-free, so that it vectorises
                             v = cell[c]
                             larger = v > bin_best[c]  # strict: ties keep the first, row-major
-                            bin_idx[c] = flat if larger else bin_idx[c]
+                            if track:
+                                bin_idx[c] = flat if larger else bin_idx[c]
                             bin_best[c] = v if larger else bin_best[c]
-        out_r, argmax_r = out[r].reshape(n_ch, ph * pw), argmax[r].reshape(n_ch, ph * pw)
+        out_r = out[r].reshape(n_ch, ph * pw)
         for c in range(n_ch):
             for b in range(ph * pw):
                 out_r[c, b] = best[b, c]
-                argmax_r[c, b] = best_idx[b, c]
+        if track:
+            argmax_r = argmax[r].reshape(n_ch, ph * pw)
+            for c in range(n_ch):
+                for b in range(ph * pw):
+                    argmax_r[c, b] = best_idx[b, c]
 
 
 # Channels per task of the backward kernel: one RoI's gradient for a block of channels is

@@ -26,14 +26,15 @@ MAX_LOG_SCALE = float(np.log(1000.0 / 16.0))
 
 @njit(cache=True, inline="always")
 def pair_iou(ax1, ay1, ax2, ay2, bx1, by1, bx2, by2):
-    """IoU of two boxes given by their coordinates (+1 convention); 0 if either is empty."""
-    iw = min(ax2, bx2) - max(ax1, bx1) + 1.0
-    ih = min(ay2, by2) - max(ay1, by1) + 1.0
-    if iw <= 0.0 or ih <= 0.0:
-        return 0.0
+    """IoU of two boxes given by their coordinates (+1 convention); 0 if they do not
+    overlap. Branch-free, so that loops calling it vectorise (NMS): where the boxes
+    overlap, union >= intersection > 0; where they do not, the intersection is 0 and the
+    floor on the union only keeps an empty box's 0 / 0 from giving NaN."""
+    iw = max(min(ax2, bx2) - max(ax1, bx1) + 1.0, 0.0)
+    ih = max(min(ay2, by2) - max(ay1, by1) + 1.0, 0.0)
     inter = iw * ih
     union = (ax2 - ax1 + 1.0) * (ay2 - ay1 + 1.0) + (bx2 - bx1 + 1.0) * (by2 - by1 + 1.0) - inter
-    return inter / union
+    return inter / max(union, 1e-300)
 
 
 @njit(parallel=True, cache=True)

@@ -98,8 +98,8 @@ class RPNHead(_Network):
         """Every layer trains (all three are new layers, section 3.1.3)."""
         return [name for name, _ in self.named_layers()]
 
-    def _dropouts(self):
-        return []  # no dropout in the RPN
+    def _mode_layers(self):
+        return []  # convs and ReLUs only: the same in training and eval
 
 
 class RPNLossTuple(NamedTuple):
