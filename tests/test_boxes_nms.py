@@ -148,3 +148,41 @@ def test_nms_stopped_early_keeps_the_first_of_a_full_pass(max_keep):
     scores = rng.random(300)
     full = nms(boxes, scores, 0.5)
     np.testing.assert_array_equal(nms(boxes, scores, 0.5, max_keep=max_keep), full[:max_keep])
+
+
+def nms_reference(boxes, scores, thr):
+    """Greedy NMS as the paper's code writes it: take the best remaining box, drop every
+    remaining box overlapping it above ``thr``, repeat. Plain NumPy, one kept box at a time."""
+    order = list(np.argsort(-scores, kind="stable"))
+    keep = []
+    while order:
+        i = order.pop(0)
+        keep.append(i)
+        if order:
+            iou = box_iou(boxes[i : i + 1], boxes[order])[0]
+            order = [k for k, v in zip(order, iou, strict=True) if not v > thr]
+    return np.array(keep, dtype=np.int64)
+
+
+@pytest.mark.parametrize("thr", [0.0, 0.5, 0.7, 1.0])
+def test_nms_matches_the_reference_with_many_kept_boxes(thr):
+    """Hundreds of boxes (well over one ``NMS_BLOCK`` of 32 kept), with exact duplicates,
+    tied scores, and empty boxes (zero or negative width), which overlap nothing."""
+    rng = np.random.default_rng(11)
+    xy = rng.uniform(0, 300, (600, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(-3, 40, (600, 2))])  # some empty
+    boxes[500:550] = boxes[:50]  # duplicates
+    scores = rng.integers(0, 60, 600).astype(np.float64)  # many ties
+    ref = nms_reference(boxes, scores, thr)
+    assert len(ref) > 100
+    np.testing.assert_array_equal(nms(boxes, scores, thr), ref)
+
+
+def test_iou_of_empty_or_disjoint_boxes_is_exactly_zero():
+    """No shared pixel, or an empty box (width 0, or x2 < x1 - 1): IoU 0, never NaN."""
+    a = np.array([[0, 0, 9, 9], [5, 5, 4, 9], [3, 3, 1, 1], [5, 5, 4, 4]], dtype=float)
+    b = np.array([[10, 0, 19, 9], [5, 5, 4, 9], [0, 0, 9, 9]], dtype=float)
+    iou = box_iou(a, b)
+    assert not np.isnan(iou).any()
+    np.testing.assert_array_equal(iou[0], [0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(iou[1:], 0.0)

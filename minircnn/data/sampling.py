@@ -119,9 +119,10 @@ class HierarchicalSampler:
     """Mini-batches of N images x R/N RoIs from a dataset and its proposals.
 
     Per image, the candidates are its proposals (None: none yet, for proposals made during
-    training, ``batch_from_proposals``) plus its ground-truth boxes (so every image with
-    an object has foreground), and each candidate's best IoU and matched ground truth are
-    computed once (and again for a view with pasted objects). An image with no usable
+    training, ``batch_from_proposals``, which adds jittered copies of the ground truth)
+    plus its ground-truth boxes (so every image with an object has foreground), and each
+    candidate's best IoU and matched ground truth are computed once (and again for a view
+    with pasted objects). An image with no usable
     candidate (no object and no proposal in the background range) can teach nothing: it
     is left out with a warning naming it. Prepared images are cached in memory.
     """
@@ -227,8 +228,9 @@ class HierarchicalSampler:
         """The same sampling on proposals made during training (Faster R-CNN's RPN):
         ``rois [P, 5]`` (batch index, box in the views' input pixels). Each view's
         candidates are its ground truth (pasted objects included), ``jittered_per_gt``
-        jittered copies of each of its boxes, and its proposals mapped back to original
-        pixels (unscaled, unmirrored)."""
+        jittered copies of each of its boxes (these cover the pasted objects too, so the
+        view's own ``jittered`` boxes are not used here), and its proposals mapped back to
+        original pixels (unscaled, unmirrored)."""
         parts = []
         for b, view in enumerate(views):
             boxes = self.to_original(view, rois[rois[:, 0] == b, 1:])

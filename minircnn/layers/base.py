@@ -12,7 +12,7 @@ FLOAT_DTYPES = (np.float32, np.float64)
 
 
 class Layer:
-    """Base class: parameter dicts and the train/eval switch (only Dropout cares)."""
+    """Base class: parameter dicts and the train/eval switch (Dropout and RoIPool care)."""
 
     def __init__(self) -> None:
         self.params: dict[str, np.ndarray] = {}

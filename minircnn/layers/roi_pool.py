@@ -139,12 +139,12 @@ def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
     for r in prange(n_rois):
         fmap = features[batch[r]]  # [H, W, C] of this RoI's image
         best = np.empty((ph * pw, n_ch), dtype=features.dtype)
-        best_idx = np.empty((ph * pw, n_ch), dtype=argmax.dtype)
+        best_idx = np.empty((ph * pw, n_ch if track else 0), dtype=argmax.dtype)
         for i in range(ph):
             hs, he = h_lo[r, i], h_hi[r, i]
             for j in range(pw):
                 ws, we = w_lo[r, j], w_hi[r, j]
-                bin_best, bin_idx = best[i * pw + j], best_idx[i * pw + j]  # [C] each
+                bin_best, bin_idx = best[i * pw + j], best_idx[i * pw + j]  # [C], [C] or [0]
                 if he <= hs or we <= ws:  # empty bin (outside the map)
                     bin_best[:] = 0.0
                     bin_idx[:] = -1
@@ -155,7 +155,7 @@ def _roi_pool_kernel(features, batch, h_lo, h_hi, w_lo, w_hi, out, argmax):
                     for w in range(ws, we):
                         cell = fmap[h, w]
                         flat = h * width + w
-                        for c in range(n_ch):  # branch-free, so that it vectorises
+                        for c in range(n_ch):  # no branch on the data, so that it vectorises
                             v = cell[c]
                             larger = v > bin_best[c]  # strict: ties keep the first, row-major
                             if track:

@@ -41,7 +41,7 @@ class RPNProposalConfig:
     with 300 and 0.761 with 1000; with it, 0.753 with 500, 0.778 with 700, 0.790 with 800
     and 0.794 with 1000. The head's time grows with the number of RoIs, and with 1000
     Faster R-CNN was only about 5x faster than Fast R-CNN with selective search on val
-    images (4.8x to 5.1x in four runs), against about 6x with 700 or 800.
+    images (4.8x to 5.1x in three runs; 4.9x to 6.3x with 700 or 800 in the same runs).
     """
 
     train_pre_nms_top_n: int = 2000  # paper 12000
