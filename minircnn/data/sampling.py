@@ -122,9 +122,9 @@ class HierarchicalSampler:
     training, ``batch_from_proposals``, which adds jittered copies of the ground truth)
     plus its ground-truth boxes (so every image with an object has foreground), and each
     candidate's best IoU and matched ground truth are computed once (and again for a view
-    with pasted objects). An image with no usable
-    candidate (no object and no proposal in the background range) can teach nothing: it
-    is left out with a warning naming it. Prepared images are cached in memory.
+    with pasted objects). An image with no usable candidate (no object and no proposal in
+    the background range) can teach nothing: it is left out with a warning naming it.
+    Prepared images are cached in memory.
     """
 
     def __init__(
