@@ -6,7 +6,7 @@ import pytest
 
 from minircnn.gradcheck import gradcheck
 from minircnn.layers.losses import softmax
-from minircnn.ops.boxes import clip_boxes
+from minircnn.ops.boxes import box_iou, clip_boxes
 from minircnn.rpn import (
     AnchorConfig,
     AnchorTargetConfig,
@@ -118,6 +118,35 @@ def test_label_anchors_by_hand():
     assert labels.dtype == matched.dtype == np.int64
     np.testing.assert_array_equal(matched[[0, 4, 5, 6, 7]], [0, 1, 1, 1, 0])
     assert matched[3] == -1  # outside: never matched
+
+
+def label_anchors_reference(anchors, gt_boxes, inside, config):
+    """The labelling rules in plain NumPy, on the full [M, G] IoU matrix."""
+    labels = np.full(len(anchors), -1)
+    iou = box_iou(anchors, gt_boxes)
+    max_iou = iou.max(axis=1)
+    gt_max = iou[inside].max(axis=0)
+    labels[inside & (max_iou < config.negative_iou)] = 0
+    best_for_gt = np.any((iou == gt_max) & (gt_max > 0), axis=1)
+    labels[inside & (best_for_gt | (max_iou >= config.positive_iou))] = 1
+    matched = np.where(inside, iou.argmax(axis=1), -1)
+    return labels, matched
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_anchors_matches_the_numpy_reference(seed):
+    rng = np.random.default_rng(seed)
+    anchors = grid_anchors(12, 20, 4, AnchorConfig())
+    corners = rng.uniform(0, 60, (5, 2))
+    gt = np.column_stack([corners, corners + rng.uniform(4, 40, (5, 2))]).astype(np.float32)
+    gt[4] = gt[3]  # two equal ground truths: tied best anchors for both
+    inside = inside_image(anchors, 48, 80)
+    config = AnchorTargetConfig()
+    labels, matched = label_anchors(anchors, gt, inside, config)
+    want_labels, want_matched = label_anchors_reference(anchors, gt, inside, config)
+    np.testing.assert_array_equal(labels, want_labels)
+    np.testing.assert_array_equal(matched, want_matched)
+    assert set(labels) == {-1, 0, 1}
 
 
 def test_inside_image_edges():

@@ -30,13 +30,13 @@ class RPNHead(_Network):
     py-faster-rcnn's layers: ``rpn_conv``, ``rpn_cls_score``, ``rpn_bbox_pred``.
 
     ``mid_channels`` D defaults to C (the paper: 256-d for ZF, 512-d for VGG16, i.e. the
-    backbone's width); ``window`` is the paper's n (n = 3). On the toy val split n = 5
-    (a 42 px view instead of 34) gave mAP@0.5 0.648 against 0.629, at three times the
-    head's cost in training (72 ms per iteration against 23), and n = 7 gave 0.630: n = 3
-    stays the default. With alternating training (``train.alternating``) n = 5 helps more:
-    val mAP@0.5 0.768 against 0.646, for 285 s of fine-tuning on trainval instead of 238.
-    Every layer starts from N(0, 0.01^2) weights and zero biases (section 3.1.3, "new
-    layers").
+    backbone's width; ``RPNConfig`` sets 32, half of ours); ``window`` is the paper's n
+    (n = 3). On the toy val split n = 5 (a 42 px view instead of 34) gave mAP@0.5 0.648
+    against 0.629, at three times the head's cost in training (72 ms per iteration against
+    23), and n = 7 gave 0.630: n = 3 stays the default. With alternating training
+    (``train.alternating``) n = 5 helps more: val mAP@0.5 0.768 against 0.646, for 285 s of
+    fine-tuning on trainval instead of 238. Every layer starts from N(0, 0.01^2) weights and
+    zero biases (section 3.1.3, "new layers").
     """
 
     kind = "rpn_head"
