@@ -45,10 +45,10 @@ class RPNConfig:
     proposals: RPNProposalConfig = RPNProposalConfig()  # NMS 0.7, top-N before and after
     loss_weight: float = 10.0  # lambda of the RPN's eq. 1 (paper: 10)
     # the n x n conv's width (paper: the backbone's, here 64; None takes it). 32 halves
-    # the RPN conv's arithmetic, ~40% of a joint step's. On val (trained on train for 1200
-    # iterations, seeds 0, 1, 2): mAP@0.5 0.831 against 0.830 with 64 (in the first
-    # measurements, 800 iterations with an early drop, 32 lost: 0.596 against 0.629); the
-    # time saved pays for the longer schedule (``faster_rcnn_schedule``).
+    # the RPN head's arithmetic, at 64 about a third of a joint step's. On val (trained on
+    # train for 1200 iterations, seeds 0, 1, 2): mAP@0.5 0.831 against 0.830 with 64 (in
+    # the first measurements, 800 iterations with an early drop, 32 lost: 0.596 against
+    # 0.629); the time saved pays for the longer schedule (``faster_rcnn_schedule``).
     mid_channels: int | None = 32
     window: int = 3  # n of the n x n sliding window (paper: 3)
 

@@ -83,9 +83,9 @@ def inside_image(
 
 @njit(cache=True)
 def _label_inside(anchors, inside, gt_boxes, negative_iou, positive_iou, labels, matched):
-    """``label_anchors``'s rules, for G >= 1 ground truths. anchors [M, 4] (any real
-    dtype), inside bool [M], gt_boxes float64 [G, 4]; labels and matched (int64 [M],
-    output) are written where ``inside``.
+    """``label_anchors``'s rules, for G >= 1 ground truths. anchors float64 [M, 4],
+    inside bool [M], gt_boxes float64 [G, 4]; labels and matched (int64 [M], output) are
+    written where ``inside``.
 
     The IoUs are ``box_iou``'s (one ``pair_iou``, in float64), taken in two passes over
     the anchors instead of kept as an [M, G] matrix: on a toy image (69,120 anchors,
@@ -98,12 +98,11 @@ def _label_inside(anchors, inside, gt_boxes, negative_iou, positive_iou, labels,
     for i in range(anchors.shape[0]):
         if not inside[i]:
             continue
-        a = anchors[i]  # float64, as box_iou computes
-        x1, y1, x2, y2 = np.float64(a[0]), np.float64(a[1]), np.float64(a[2]), np.float64(a[3])
+        a = anchors[i]
         best, arg = -1.0, 0
         for j in range(n_gt):
             g = gt_boxes[j]
-            iou = pair_iou(x1, y1, x2, y2, g[0], g[1], g[2], g[3])
+            iou = pair_iou(a[0], a[1], a[2], a[3], g[0], g[1], g[2], g[3])
             if iou > best:  # the first ground truth on ties, as argmax
                 best, arg = iou, j
             gt_max[j] = max(gt_max[j], iou)
@@ -116,11 +115,9 @@ def _label_inside(anchors, inside, gt_boxes, negative_iou, positive_iou, labels,
             label = POSITIVE
         else:  # rule (i), ties included; a ground truth no anchor overlaps has no best
             a = anchors[i]
-            x1, y1 = np.float64(a[0]), np.float64(a[1])
-            x2, y2 = np.float64(a[2]), np.float64(a[3])
             for j in range(n_gt):
                 g = gt_boxes[j]
-                iou = pair_iou(x1, y1, x2, y2, g[0], g[1], g[2], g[3])
+                iou = pair_iou(a[0], a[1], a[2], a[3], g[0], g[1], g[2], g[3])
                 if gt_max[j] > 0 and iou == gt_max[j]:
                     label = POSITIVE  # positives override negatives
                     break
@@ -146,8 +143,9 @@ def label_anchors(
     if len(gt_boxes) == 0:  # nothing to find: every inside anchor is background
         labels[inside] = NEGATIVE
         return labels, matched
+    # float64, as box_iou computes: the same IoUs, so the same ties for rule (i)
     gt = np.ascontiguousarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
-    anchors = np.ascontiguousarray(anchors)
+    anchors = np.ascontiguousarray(anchors, dtype=np.float64)
     _label_inside(anchors, inside, gt, config.negative_iou, config.positive_iou, labels, matched)
     return labels, matched
 
