@@ -1,6 +1,8 @@
 """The region proposal network (minircnn.rpn): anchors, anchor targets and proposals
 worked by hand, and float64 gradient checks of the head and the loss."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,8 @@ def test_anchor_rows_match_the_conv_output_layout():
 
 
 # ---------------------------------------------------------------- anchor targets
-# image 100 x 100; IoUs worked by hand (+1 convention)
+# image 100 x 100; IoUs worked by hand (+1 convention), labelled by the paper's thresholds
+PAPER = AnchorTargetConfig(positive_iou=0.7)
 GT = np.array(
     [
         [10, 10, 39, 29],  # g0: 30 x 20
@@ -113,11 +116,18 @@ EXPECTED_LABELS = [1, -1, 0, -1, 1, 1, 1, 1]
 def test_label_anchors_by_hand():
     inside = inside_image(ANCHORS, 100, 100)
     np.testing.assert_array_equal(inside, [1, 1, 1, 0, 1, 1, 1, 1])
-    labels, matched = label_anchors(ANCHORS, GT, inside)
+    labels, matched = label_anchors(ANCHORS, GT, inside, PAPER)
     np.testing.assert_array_equal(labels, EXPECTED_LABELS)
     assert labels.dtype == matched.dtype == np.int64
     np.testing.assert_array_equal(matched[[0, 4, 5, 6, 7]], [0, 1, 1, 1, 0])
     assert matched[3] == -1  # outside: never matched
+
+
+def test_default_positive_iou_is_half():
+    # the one default that is not the paper's: a1 (IoU 0.5 with g0) becomes positive
+    assert AnchorTargetConfig() == replace(PAPER, positive_iou=0.5)
+    labels, _ = label_anchors(ANCHORS, GT, inside_image(ANCHORS, 100, 100))
+    np.testing.assert_array_equal(labels, [1, 1, 0, -1, 1, 1, 1, 1])
 
 
 def label_anchors_reference(anchors, gt_boxes, inside, config):
@@ -133,15 +143,16 @@ def label_anchors_reference(anchors, gt_boxes, inside, config):
     return labels, matched
 
 
+@pytest.mark.parametrize("positive_iou", [0.5, 0.7])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_label_anchors_matches_the_numpy_reference(seed):
+def test_label_anchors_matches_the_numpy_reference(seed, positive_iou):
     rng = np.random.default_rng(seed)
     anchors = grid_anchors(12, 20, 4, AnchorConfig())
     corners = rng.uniform(0, 60, (5, 2))
     gt = np.column_stack([corners, corners + rng.uniform(4, 40, (5, 2))]).astype(np.float32)
     gt[4] = gt[3]  # two equal ground truths: tied best anchors for both
     inside = inside_image(anchors, 48, 80)
-    config = AnchorTargetConfig()
+    config = AnchorTargetConfig(positive_iou=positive_iou)
     labels, matched = label_anchors(anchors, gt, inside, config)
     want_labels, want_matched = label_anchors_reference(anchors, gt, inside, config)
     np.testing.assert_array_equal(labels, want_labels)
@@ -158,7 +169,7 @@ def test_inside_image_edges():
 
 def test_border_allowance_and_lower_thresholds():
     # allowing 5 px lets a3 in: IoU 0.11 < 0.3, negative
-    config = AnchorTargetConfig(allowed_border=5)
+    config = replace(PAPER, allowed_border=5)
     labels, _ = label_anchors(ANCHORS, GT, inside_image(ANCHORS, 100, 100, 5), config)
     assert labels[3] == 0
     # positive_iou 0.5 makes a1 (0.5) positive; negative_iou 0.2 makes a2 (0.25) ignored
@@ -174,7 +185,7 @@ def test_no_ground_truth_makes_every_inside_anchor_negative():
 
 
 def test_anchor_targets_regress_positives_only():
-    t = anchor_targets(ANCHORS, GT, 100, 100, np.random.default_rng(0))  # 8 < 256: all kept
+    t = anchor_targets(ANCHORS, GT, 100, 100, np.random.default_rng(0), PAPER)  # all 8 kept
     np.testing.assert_array_equal(t.labels, EXPECTED_LABELS)
     # a0 -> g0: centre x 20 -> 25 over width 20; width 20 -> 30; y unchanged
     np.testing.assert_allclose(t.bbox_targets[0], [0.25, 0, np.log(1.5), 0], atol=1e-6)

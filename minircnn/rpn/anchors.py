@@ -35,11 +35,11 @@ class AnchorConfig:
     (128, 256, 512) x ratios (0.5, 1, 2), k = 9 anchors per cell. The toy set's objects
     are ~13 to ~93 px (square root of the area) in images rescaled to shorter side 192,
     on a stride-4 backbone (``ModelConfig.stride``). With scales an octave apart (16, 32,
-    64, 128), 56% of the training objects have no anchor inside the image at IoU >= 0.7:
-    only rule (i) of ``targets.label_anchors`` (each object's best anchors) makes them
-    positives. Half-octave scales from 16 to 90.5 px leave 13% so: k = 18. Chosen on val
-    (mAP@0.5 0.415 with the octave scales, 0.530 with these, at 300 test proposals from
-    1000 before NMS).
+    64, 128), 56% of the training objects have no anchor inside the image at IoU >= 0.7
+    (the paper's positive threshold): only rule (i) of ``targets.label_anchors`` (each
+    object's best anchors) makes them positives. Half-octave scales from 16 to 90.5 px
+    leave 13% so: k = 18. Chosen on val (mAP@0.5 0.415 with the octave scales, 0.530 with
+    these, at 300 test proposals from 1000 before NMS, with the 0.7 threshold then in use).
     """
 
     scales: tuple[float, ...] = (16.0, 22.6, 32.0, 45.3, 64.0, 90.5)  # sqrt(area), input px

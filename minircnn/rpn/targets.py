@@ -4,11 +4,11 @@
    3.3: they would add large, hard-to-correct error terms and training does not converge);
    at test time they are kept and their proposals clipped (``proposal.propose``).
 2. ``label_anchors``: positive (1) for (i) the anchor(s) with the highest IoU with a
-   ground-truth box, ties included, and (ii) every anchor with IoU >= 0.7 with some
-   ground truth; negative (0) for a non-positive anchor whose IoU is < 0.3 with every
-   ground truth; the rest (-1) do not contribute. Rule (i) catches ground truth that no
-   anchor overlaps by 0.7 (the paper's "rare cases"); a ground truth that overlaps no
-   inside anchor at all gets none.
+   ground-truth box, ties included, and (ii) every anchor with IoU >= 0.7 (the paper's;
+   0.5 by default here, see ``AnchorTargetConfig``) with some ground truth; negative (0)
+   for a non-positive anchor whose IoU is < 0.3 with every ground truth; the rest (-1) do
+   not contribute. Rule (i) catches ground truth that no anchor overlaps by 0.7 (the
+   paper's "rare cases"); a ground truth that overlaps no inside anchor at all gets none.
 3. ``sample_anchors``: 256 anchors per image, up to half positive, filled with negatives
    (positives are far fewer; sampling all would bias towards negatives).
 4. ``anchor_targets``: the above, plus regression targets of positives towards their
@@ -33,9 +33,22 @@ POSITIVE, NEGATIVE, IGNORED = 1, 0, -1
 
 @dataclass(frozen=True)
 class AnchorTargetConfig:
-    """Labelling and sampling; every default is the paper's (section 3.1.2, 3.3)."""
+    """Labelling and sampling (sections 3.1.2, 3.3); comments give the paper's.
 
-    positive_iou: float = 0.7  # positive if IoU >= this with some ground truth
+    Every default is the paper's but ``positive_iou``, 0.5 instead of 0.7. With 0.7 a toy
+    training image (train split) has 17 positive anchors on average, far fewer than the 128 that
+    sampling allows, and the small objects get the fewest: 1.4 each for objects under
+    24 px (square root of the box area), mostly from rule (i), against 11.5 for those over
+    48 px. The RPN then learns too little of what a small object looks like: on val (seed
+    0), the best anchor of objects under 20 px had a median object probability of 0.10,
+    against 0.91 for those over 48 px, and 28% of them had no proposal at IoU 0.5 among
+    the 800 kept. With 0.5, an image has 216 positives (128 are sampled) and a small object
+    17: the median probability rose to 0.75 and the share without a proposal fell to 13%;
+    val mAP@0.5 (trained on train, seeds 0 to 4) went from 0.813 to 0.836 (AP small 0.758
+    to 0.826). The README's Faster R-CNN section has the table, with the other rules tried.
+    """
+
+    positive_iou: float = 0.5  # positive if IoU >= this with some ground truth (paper: 0.7)
     negative_iou: float = 0.3  # negative if IoU < this with every ground truth
     batch_size: int = 256  # anchors sampled per image
     positive_fraction: float = 0.5  # "up to 1:1"
