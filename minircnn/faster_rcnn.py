@@ -37,12 +37,12 @@ class RPNConfig:
     rate dropped after 300 in these comparisons; mAP@0.5 0.629 with these, 0.648 with the
     defaults' drop after 600, against 0.815 for the selective-search Fast R-CNN):
     loss weight 3 gave 0.612, 512 anchors per image 0.619, a positive IoU of 0.6 was worse
-    too (with the later defaults, 0.5 is better: see ``AnchorTargetConfig``); anchors and
-    top-N: see their classes. ``mid_channels``: see its comment.
+    too (with the later defaults, 0.6 and 0.5 both beat 0.7: see ``AnchorTargetConfig``);
+    anchors and top-N: see their classes. ``mid_channels``: see its comment.
     """
 
     anchors: AnchorConfig = AnchorConfig()  # 3 scales x 3 ratios (here 6 x 3, see there)
-    targets: AnchorTargetConfig = AnchorTargetConfig()  # IoU 0.5 (0.7) / 0.3, 256 per image
+    targets: AnchorTargetConfig = AnchorTargetConfig()  # IoU 0.5 (paper 0.7) / 0.3, 256 per image
     proposals: RPNProposalConfig = RPNProposalConfig()  # NMS 0.7, top-N before and after
     loss_weight: float = 10.0  # lambda of the RPN's eq. 1 (paper: 10)
     # the n x n conv's width (paper: the backbone's, here 64; None takes it). 32 halves

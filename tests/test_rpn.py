@@ -88,7 +88,9 @@ def test_anchor_rows_match_the_conv_output_layout():
 
 # ---------------------------------------------------------------- anchor targets
 # image 100 x 100; IoUs worked by hand (+1 convention), labelled by the paper's thresholds
-PAPER = AnchorTargetConfig(positive_iou=0.7)
+PAPER = AnchorTargetConfig(
+    positive_iou=0.7, negative_iou=0.3, batch_size=256, positive_fraction=0.5, allowed_border=0
+)
 GT = np.array(
     [
         [10, 10, 39, 29],  # g0: 30 x 20
@@ -173,7 +175,7 @@ def test_border_allowance_and_lower_thresholds():
     labels, _ = label_anchors(ANCHORS, GT, inside_image(ANCHORS, 100, 100, 5), config)
     assert labels[3] == 0
     # positive_iou 0.5 makes a1 (0.5) positive; negative_iou 0.2 makes a2 (0.25) ignored
-    config = AnchorTargetConfig(positive_iou=0.5, negative_iou=0.2)
+    config = replace(PAPER, positive_iou=0.5, negative_iou=0.2)
     labels, _ = label_anchors(ANCHORS, GT, inside_image(ANCHORS, 100, 100), config)
     assert labels[1] == 1 and labels[2] == -1
 

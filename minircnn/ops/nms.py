@@ -21,14 +21,14 @@ def _greedy_nms(sorted_boxes, iou_threshold, max_keep):
     """sorted_boxes: float64 [B, 4] in visiting order -> bool [B], True where kept.
 
     Each box is compared with the boxes kept so far (not with every later box): a box
-    survives iff no kept, higher-ranked box overlaps it above the threshold, which is
-    the greedy rule. The cost is boxes visited x kept boxes compared, and the loop stops
-    after ``max_keep`` kept boxes (the RPN keeps 800 of 6000). Which kept box suppresses
-    a box does not matter, only whether one does, so the latest kept are compared first:
-    boxes of similar score are mostly near-copies (an RPN's neighbouring anchors), so a
-    box's suppressor is usually among them. The kept boxes' coordinates are held one
-    array each, so that a block of ``NMS_BLOCK`` comparisons runs as SIMD code. Measured
-    on an RPN's 6000 boxes (725 kept): 6.7 ms first to last, 1.8 ms latest first.
+    survives iff no kept, higher-ranked box overlaps it above the threshold, which is the
+    greedy rule. The cost is boxes visited x kept boxes compared, and the loop stops after
+    ``max_keep`` kept boxes (the RPN keeps 800 of 6000 in training, 500 at test). Which kept
+    box suppresses a box does not matter, only whether one does, so the latest kept are
+    compared first: boxes of similar score are mostly near-copies (an RPN's neighbouring
+    anchors), so a box's suppressor is usually among them. The kept boxes' coordinates are
+    held one array each, so that a block of ``NMS_BLOCK`` comparisons runs as SIMD code.
+    Measured on an RPN's 6000 boxes (725 kept): 6.7 ms first to last, 1.8 ms latest first.
     """
     n = sorted_boxes.shape[0]
     keep = np.zeros(n, dtype=np.bool_)
@@ -63,8 +63,8 @@ def nms(
 
     boxes: ``[B, 4]``; scores: ``[B]`` finite. A box is dropped when its IoU with a kept,
     higher-ranked box is ``> iou_threshold``. ``max_keep``: return only the first that
-    many, and stop there (the RPN keeps 800 of thousands: greedy NMS costs boxes visited
-    x boxes kept).
+    many, and stop there (the RPN keeps 500 to 800 of thousands: greedy NMS costs boxes
+    visited x boxes kept).
     """
     boxes = np.asarray(boxes, dtype=np.float64)
     scores = np.asarray(scores, dtype=np.float64)

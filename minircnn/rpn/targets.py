@@ -36,16 +36,18 @@ class AnchorTargetConfig:
     """Labelling and sampling (sections 3.1.2, 3.3); comments give the paper's.
 
     Every default is the paper's but ``positive_iou``, 0.5 instead of 0.7. With 0.7 a toy
-    training image (train split) has 17 positive anchors on average, far fewer than the 128 that
-    sampling allows, and the small objects get the fewest: 1.4 each for objects under
-    24 px (square root of the box area), mostly from rule (i), against 11.5 for those over
-    48 px. The RPN then learns too little of what a small object looks like: on val (seed
-    0), the best anchor of objects under 20 px had a median object probability of 0.10,
-    against 0.91 for those over 48 px, and 28% of them had no proposal at IoU 0.5 among
-    the 800 kept. With 0.5, an image has 216 positives (128 are sampled) and a small object
-    17: the median probability rose to 0.75 and the share without a proposal fell to 13%;
-    val mAP@0.5 (trained on train, seeds 0 to 4) went from 0.813 to 0.836 (AP small 0.758
-    to 0.826). The README's Faster R-CNN section has the table, with the other rules tried.
+    training image (trainval) has 16 positive anchors on average, far fewer than the 128
+    that sampling allows, and the small objects get the fewest: 1.8 each for boxes of area
+    under 32^2 pixels of the original image (the evaluation's ``SIZE_BUCKETS``), mostly from
+    rule (i), against 13.9 for those over 64^2 (notebook 08 counts them). The RPN then
+    learns too little of what a small object looks like: on val (seed 0), the best anchor
+    of objects under 20 px (square root of the area, original pixels) had a median object
+    probability of 0.10, against 0.91 for those over 48 px, and 28% of them had no
+    proposal at IoU 0.5 among the 800 then kept at test. With 0.5, an image has 214
+    positives (128 are sampled) and a small object 23: the median probability rose to 0.75
+    and the share without a proposal fell to 13%; val mAP@0.5 (trained on train, seeds 0
+    to 4) went from 0.813 to 0.836 (AP small 0.758 to 0.826). The README's Faster R-CNN
+    section has the table, with the other rules tried.
     """
 
     positive_iou: float = 0.5  # positive if IoU >= this with some ground truth (paper: 0.7)
