@@ -13,11 +13,22 @@ the best ``max_per_image`` over all classes.
 Multi-scale testing (section 5.2) runs the image pyramid and pools each RoI at the scale
 where its scaled area is closest to the network's preferred RoI area (224^2 for VGG16;
 here the pre-training crop size squared).
+
+Refinement (``refine``, on by default for a Faster R-CNN): iterative localisation and box
+voting, after Gidaris and Komodakis (ICCV 2015, section 5), which neither Fast nor Faster
+R-CNN does. The head scores each proposal's regressed box once more, on the same feature
+map (``second_pass``), and after NMS each detection's box becomes the score-weighted mean
+of its class's candidate boxes that overlap it by IoU >= 0.5 (``box_voting``). The RPN's
+proposals are looser than selective search's, and its model's boxes with them: on val
+(models trained on train, seeds 0 to 4) refinement raised Faster R-CNN's mAP@0.5 from
+0.837 to 0.849 and its mAP@[.5:.95] from 0.488 to 0.567; the selective-search model, whose
+proposals are tight, did not gain (seeds 0, 1, 2: mAP@0.5 0.848 without, 0.846 with).
 """
 
 import os
 import sys
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +40,7 @@ from minircnn.data.image import Preprocessing
 from minircnn.faster_rcnn import FasterRCNN
 from minircnn.layers.losses import softmax
 from minircnn.model import FastRCNN
-from minircnn.ops.boxes import bbox_decode, box_area, clip_boxes
+from minircnn.ops.boxes import bbox_decode, box_area, box_iou, clip_boxes
 from minircnn.ops.nms import batched_nms
 
 
@@ -95,22 +106,27 @@ def detect(
     nms_threshold=0.3,
     max_per_image=100,
     scales=None,
+    refine: bool | None = None,
 ) -> Detections:
     """Detect objects in ``image`` (uint8 RGB [H, W, 3]) given ``proposals`` [P, 4] in
     original pixels, or (None, for a Faster R-CNN) with the model's own RPN proposals.
 
     ``scales``: shorter-side lengths for multi-scale testing (None: the single training
-    scale); with given proposals only.
+    scale); with given proposals only. ``refine``: a second pass of the head and box
+    voting (module docstring; single scale only); None: on for a Faster R-CNN, off for a
+    Fast R-CNN, as chosen on val.
     """
+    refine = detector.uses_rpn if refine is None else refine
     if proposals is not None:
-        scores, boxes = score_proposals(detector, image, proposals, scales)
+        scores, boxes = score_proposals(detector, image, proposals, scales, refine)
     elif detector.uses_rpn:
         if scales and len(scales) > 1:
             raise ValueError("detect: multi-scale testing needs given proposals, not the RPN's")
-        scores, boxes = score_rpn_proposals(detector, image, scales[0] if scales else None)
+        short_side = scales[0] if scales else None
+        scores, boxes = score_rpn_proposals(detector, image, short_side, refine)
     else:
         raise ValueError("detect: a Fast R-CNN needs proposals (it has no RPN)")
-    return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image)
+    return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image, refine)
 
 
 def rpn_proposals(detector: Detector, image, short_side: int | None = None):
@@ -125,10 +141,13 @@ def rpn_proposals(detector: Detector, image, short_side: int | None = None):
     return features, rois, scale
 
 
-def score_rpn_proposals(detector: Detector, image, short_side: int | None = None):
+def score_rpn_proposals(
+    detector: Detector, image, short_side: int | None = None, refine: bool = False
+):
     """Faster R-CNN at test time: one conv pass, the RPN's proposals (test top-N), and
     Fast R-CNN's head on them -> (probabilities [P, K+1], boxes [P, 4(K+1)]) as
-    ``score_proposals``; P <= the RPN's ``test_post_nms_top_n``."""
+    ``score_proposals``; P <= the RPN's ``test_post_nms_top_n``. ``refine``: then
+    ``second_pass`` on the same features."""
     model, pre = detector.model.eval(), detector.preprocessing
     height, width = image.shape[:2]
     features, rois, scale = rpn_proposals(detector, image, short_side)
@@ -137,17 +156,23 @@ def score_rpn_proposals(detector: Detector, image, short_side: int | None = None
         return np.zeros((0, k1), np.float32), np.zeros((0, 4 * k1), np.float32)
     cls_score, bbox_pred = model.forward_head(features, rois)
     proposals = rois[:, 1:] / scale  # back to original pixels, where boxes are decoded
-    return decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
+    probs, boxes = decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
+    if refine:
+        head = partial(_head_on_boxes, model.fast, features, scale)
+        probs, boxes = second_pass(pre, head, probs, boxes, height, width)
+    return probs, boxes
 
 
-def score_proposals(detector: Detector, image, proposals, scales=None):
+def score_proposals(detector: Detector, image, proposals, scales=None, refine: bool = False):
     """Class probabilities [P, K+1] and class-specific boxes [P, 4(K+1)] (clipped, in
-    original pixels) for every proposal."""
+    original pixels) for every proposal. ``refine``: then ``second_pass`` (one scale)."""
     model, pre = detector.model.eval(), detector.preprocessing
     fast = model.fast  # a Faster R-CNN's head scores any given boxes too
     height, width = image.shape[:2]
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     factors = [pre.scale(height, width, s) for s in (scales or [pre.short_side])]
+    if refine and len(factors) > 1:
+        raise ValueError("score_proposals: refinement is for single-scale testing")
     # section 5.2: pool each RoI at the scale where its area is closest to the preferred
     # one (224^2 for VGG16; here the pre-training crop size squared)
     target = model.config.crop_size**2
@@ -160,10 +185,43 @@ def score_proposals(detector: Detector, image, proposals, scales=None):
         idx = np.flatnonzero(level == lv)
         if len(idx) == 0:
             continue
-        x = pre.network_input(image, s)[None]  # [1, 3, H', W']
-        rois = np.column_stack([np.zeros(len(idx)), proposals[idx] * s]).astype(np.float32)
-        cls_score[idx], bbox_pred[idx] = fast.forward(x, rois)
-    return decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
+        features = fast.backbone.forward(pre.network_input(image, s)[None])  # [1, C, h, w]
+        cls_score[idx], bbox_pred[idx] = _head_on_boxes(fast, features, s, proposals[idx])
+    probs, boxes = decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
+    if refine and len(proposals):
+        head = partial(_head_on_boxes, fast, features, factors[0])
+        probs, boxes = second_pass(pre, head, probs, boxes, height, width)
+    return probs, boxes
+
+
+def _head_on_boxes(fast: FastRCNN, features, scale: float, boxes):
+    """Fast R-CNN's head on one image's features [1, C, h, w] for boxes [R, 4] in
+    original pixels (times ``scale`` to the input's) -> (cls_score, bbox_pred)."""
+    rois = np.column_stack([np.zeros(len(boxes)), boxes * scale]).astype(np.float32)
+    return fast.classify(fast.roi_pool.forward(features, rois))
+
+
+def second_pass(preprocessing: Preprocessing, head, probs, boxes, height, width, min_score=0.05):
+    """Iterative localisation (Gidaris and Komodakis, ICCV 2015, section 5), one step: each
+    proposal whose best class scores ``min_score`` or more is replaced by its regressed box
+    for that class, which ``head`` (boxes [R, 4] in original pixels -> the network's
+    cls_score and bbox_pred) scores and regresses again.
+
+    probs [P, K+1] and boxes [P, 4(K+1)] as ``decode_outputs`` gives them -> (probabilities
+    averaged over the two passes, the second pass's boxes) for those rows; the other rows,
+    which the score threshold drops anyway, are left as they are.
+    """
+    k1 = probs.shape[1]
+    rows = np.flatnonzero(probs[:, 1:].max(axis=1) >= min_score)
+    if len(rows) == 0:
+        return probs, boxes
+    best = probs[rows, 1:].argmax(axis=1) + 1  # class 0 is background
+    regressed = boxes.reshape(len(boxes), k1, 4)[rows, best]  # [R, 4]
+    probs2, boxes2 = decode_outputs(preprocessing, *head(regressed), regressed, height, width)
+    probs, boxes = probs.copy(), boxes.copy()
+    probs[rows] = (probs[rows] + probs2) / 2
+    boxes[rows] = boxes2
+    return probs, boxes
 
 
 def decode_outputs(preprocessing: Preprocessing, cls_score, bbox_pred, proposals, height, width):
@@ -174,19 +232,38 @@ def decode_outputs(preprocessing: Preprocessing, cls_score, bbox_pred, proposals
     return probs, clip_boxes(boxes, height, width)
 
 
-def postprocess(scores, boxes, score_threshold=0.05, nms_threshold=0.3, max_per_image=100):
+def postprocess(
+    scores, boxes, score_threshold=0.05, nms_threshold=0.3, max_per_image=100, vote=False
+):
     """Per-class thresholding and NMS over scores [P, K+1] / boxes [P, 4(K+1)], then the
-    best ``max_per_image`` detections over all classes."""
+    best ``max_per_image`` detections over all classes; ``vote``: their boxes by
+    ``box_voting`` among the thresholded candidates."""
     rows, cols = np.nonzero(scores[:, 1:] > score_threshold)  # class 0 is background
     labels = cols + 1
     cand_boxes = boxes.reshape(len(boxes), scores.shape[1], 4)[rows, labels]  # [D, 4]
     cand_scores = scores[rows, labels]
     keep = batched_nms(cand_boxes, cand_scores, labels, nms_threshold)[:max_per_image]
+    kept_boxes = cand_boxes[keep]
+    if vote:
+        kept_boxes = box_voting(kept_boxes, labels[keep], cand_boxes, cand_scores, labels)
     return Detections(
-        cand_boxes[keep].astype(np.float32),
+        kept_boxes.astype(np.float32),
         cand_scores[keep].astype(np.float32),
         labels[keep].astype(np.int64),
     )
+
+
+def box_voting(kept, kept_labels, boxes, scores, labels, iou_threshold=0.5) -> np.ndarray:
+    """Box voting (Gidaris and Komodakis, ICCV 2015, section 5): each kept box [D, 4] of
+    label ``kept_labels`` [D] becomes the mean of the candidate boxes [C, 4] of the same
+    label (``labels`` [C]) that overlap it by IoU >= ``iou_threshold``, weighted by their
+    ``scores`` [C]; it is among them itself. -> float32 [D, 4]."""
+    voted = np.asarray(kept, dtype=np.float64).copy()
+    for label in np.unique(kept_labels):
+        mine, theirs = kept_labels == label, labels == label
+        weights = (box_iou(kept[mine], boxes[theirs]) >= iou_threshold) * scores[theirs]
+        voted[mine] = weights @ boxes[theirs] / weights.sum(axis=1, keepdims=True)
+    return voted.astype(np.float32)
 
 
 def coco_results(detections: list["Detections"], dataset, classes) -> list[dict]:

@@ -11,8 +11,10 @@ Per class (matching: minircnn.evaluation.ap): AP at IoU 0.5, VOC07 11-point and 
 (VOC2010+); area AP at IoU 0.5:0.05:0.95 and their mean (COCO-style); area AP at IoU 0.5
 for small / medium / large objects (box area < 32^2 <= medium < 64^2 px <= large). mAP is
 the mean over classes. False positives per image by cause, localisation / confusion /
-background (Hoiem et al. 2012; minircnn.evaluation.diagnosis). Writes eval.json, pr.png,
-fp_causes.png and detections.png under runs/<run>/eval_<split>/ (or runs/<--name>/).
+background (Hoiem et al. 2012; minircnn.evaluation.diagnosis). A Faster R-CNN's detections
+are refined by default (``--refine``: a second pass of the head and box voting,
+minircnn.detect). Writes eval.json, pr.png, fp_causes.png and detections.png under
+runs/<run>/eval_<split>/ (or runs/<--name>/).
 """
 
 import json
@@ -202,11 +204,21 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--scales", type=cli.scales, help="comma-separated shorter sides for multi-scale testing"
     )
+    parser.add_argument(
+        "--refine",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="a second pass of the head and box voting (minircnn.detect); auto: on for a "
+        "Faster R-CNN, off for a Fast R-CNN",
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
+    refine = {"auto": None, "on": True, "off": False}[args.refine]
     detector = load_detector(args.checkpoint)
     if args.scales:
         cli.check_scales(args.scales, detector.model.config)
+        if refine and len(args.scales) > 1:
+            raise cli.UsageError("--refine on: single-scale testing only (drop --scales)")
     if args.svd_rank:
         detector = detector.compressed(args.svd_rank)
     try:
@@ -221,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
         proposals = load_or_compute(dataset, progress=not args.quiet)
         timed = "detection; selective-search proposals cached"
     results, per_image = evaluate_model(
-        detector, dataset, proposals, progress=not args.quiet, scales=args.scales
+        detector, dataset, proposals, progress=not args.quiet, scales=args.scales, refine=refine
     )
     print_table(results)
     print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image ({timed})")

@@ -72,6 +72,8 @@ CASES = [
     ("evaluate", "--checkpoint good.npz --root toy --scales 0,-5", "--scales"),
     ("evaluate", "--checkpoint good.npz --root toy --scales a,b", "--scales"),
     ("evaluate", "--checkpoint good.npz --root toy --scales 3,64", "--scales 3,64"),
+    ("evaluate", "--checkpoint good.npz --root toy --scales 64,96 --refine on", "--refine on"),
+    ("evaluate", "--checkpoint good.npz --root toy --refine always", "--refine"),
     ("evaluate", "--checkpoint missing.npz --root toy", "missing.npz"),
     ("evaluate", "--checkpoint toy --root toy", "toy"),
     ("evaluate", "--checkpoint truncated.npz --root toy", "truncated.npz"),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from minircnn.data.image import Preprocessing
-from minircnn.detect import Detector, detect, score_proposals
+from minircnn.detect import Detector, box_voting, detect, score_proposals, second_pass
 from minircnn.layers import Linear
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.ops.boxes import box_iou
@@ -59,18 +59,23 @@ def test_multi_scale_pools_each_roi_at_the_scale_nearest_the_crop_area():
     big = np.array([[10, 10, 19, 19], [40, 20, 49, 29]], dtype=np.float32)
     small = np.array([[0, 0, 4, 4], [60, 30, 64, 34], [30, 40, 34, 44]], dtype=np.float32)
     proposals = np.vstack([small[:1], big[:1], small[1:], big[1:]])
-    calls = []
-    forward = detector.model.forward
+    inputs, pooled = [], []
+    model = detector.model
+    backbone_forward, pool_forward = model.backbone.forward, model.roi_pool.forward
 
-    def recording_forward(images, rois):
-        calls.append((images.shape, rois.copy()))
-        return forward(images, rois)
+    def recording_backbone(images):
+        inputs.append(images.shape)
+        return backbone_forward(images)
 
-    detector.model.forward = recording_forward
+    def recording_pool(features, rois):
+        pooled.append(rois.copy())
+        return pool_forward(features, rois)
+
+    model.backbone.forward, model.roi_pool.forward = recording_backbone, recording_pool
     score_proposals(detector, np.zeros((60, 90, 3), np.uint8), proposals, scales=[48, 80])
-    assert [shape for shape, _ in calls] == [(1, 3, 48, 72), (1, 3, 80, 120)]
-    np.testing.assert_allclose(calls[0][1][:, 1:], big * 0.8, rtol=1e-6)
-    np.testing.assert_allclose(calls[1][1][:, 1:], small * 4 / 3, rtol=1e-6)
+    assert inputs == [(1, 3, 48, 72), (1, 3, 80, 120)]
+    np.testing.assert_allclose(pooled[0][:, 1:], big * 0.8, rtol=1e-6)
+    np.testing.assert_allclose(pooled[1][:, 1:], small * 4 / 3, rtol=1e-6)
 
 
 def test_truncated_svd_error_is_bounded_by_the_first_dropped_singular_value():
@@ -131,3 +136,49 @@ def test_drawings_of_images_with_one_stem_do_not_overwrite_each_other():
 
     names = _output_names(["a.jpg", "a.png", "sub/b.jpg", "c.jpeg"])
     assert names == ["a_jpg", "a_png", "sub__b", "c"]
+
+
+def test_box_voting_by_hand():
+    # class 1: a (0.9) and b (0.3) overlap by IoU 8*10 / (100 + 100 - 80) = 2/3 >= 0.5,
+    # c lies apart; class 2: d covers a exactly but is another class, so it has no vote
+    boxes = np.array([[0, 0, 9, 9], [2, 0, 11, 9], [30, 30, 39, 39], [0, 0, 9, 9]], np.float32)
+    scores = np.array([0.9, 0.3, 0.8, 0.7], np.float32)
+    labels = np.array([1, 1, 1, 2])
+    kept = boxes[[0, 2, 3]]
+    voted = box_voting(kept, labels[[0, 2, 3]], boxes, scores, labels)
+    # a: (0.9 * (0, 0, 9, 9) + 0.3 * (2, 0, 11, 9)) / 1.2 = (0.5, 0, 9.5, 9)
+    want = [[0.5, 0, 9.5, 9], [30, 30, 39, 39], [0, 0, 9, 9]]
+    np.testing.assert_allclose(voted, want, rtol=1e-6)
+    assert voted.dtype == np.float32
+
+
+def test_second_pass_rescores_the_best_class_boxes_of_confident_rows_only():
+    # 3 proposals, K = 2: rows 0 and 2 have a class at >= 0.05, row 1 does not
+    probs = np.array([[0.1, 0.2, 0.7], [0.97, 0.02, 0.01], [0.5, 0.4, 0.1]], np.float32)
+    boxes = np.arange(3 * 12, dtype=np.float32).reshape(3, 12)  # [P, 4 * (K + 1)]
+    seen = []
+
+    def head(b):  # always "class 1", no box change
+        seen.append(b.copy())
+        cls_score = np.tile(np.array([0.0, 10.0, 0.0], np.float32), (len(b), 1))
+        return cls_score, np.zeros((len(b), 12), np.float32)
+
+    pre = Preprocessing((0.0,) * 3, (1.0,) * 3)  # zero deltas decode to the box itself
+    new_probs, new_boxes = second_pass(pre, head, probs, boxes, 100, 100)
+    # the heads saw row 0's class-2 box and row 2's class-1 box
+    np.testing.assert_array_equal(seen[0], [boxes[0, 8:12], boxes[2, 4:8]])
+    second = np.exp([0.0, 10.0, 0.0]) / np.exp([0.0, 10.0, 0.0]).sum()
+    np.testing.assert_allclose(new_probs[[0, 2]], (probs[[0, 2]] + second) / 2, rtol=1e-5)
+    np.testing.assert_array_equal(new_probs[1], probs[1])  # below 0.05: untouched
+    np.testing.assert_array_equal(new_boxes[1], boxes[1])
+    np.testing.assert_allclose(new_boxes[0], np.tile(boxes[0, 8:12], 3))  # zero deltas
+    np.testing.assert_allclose(new_boxes[2], np.tile(boxes[2, 4:8], 3))
+
+
+def test_refinement_changes_single_scale_detections_and_refuses_a_pyramid():
+    image, proposals = random_scene(2)
+    plain = detect(tiny_detector(), image, proposals, score_threshold=0.0)
+    refined = detect(tiny_detector(), image, proposals, score_threshold=0.0, refine=True)
+    assert len(refined.scores) and not np.array_equal(plain.boxes, refined.boxes)
+    with pytest.raises(ValueError, match="single-scale"):
+        detect(tiny_detector(), image, proposals, scales=[48, 80], refine=True)
