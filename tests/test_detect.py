@@ -153,7 +153,7 @@ def test_box_voting_by_hand():
 
 
 def test_second_pass_rescores_the_best_class_boxes_of_confident_rows_only():
-    # 3 proposals, K = 2: rows 0 and 2 have a class at >= 0.05, row 1 does not
+    # 3 proposals, K = 2: rows 0 and 2 have a class at >= 0.3, row 1 does not
     probs = np.array([[0.1, 0.2, 0.7], [0.97, 0.02, 0.01], [0.5, 0.4, 0.1]], np.float32)
     boxes = np.arange(3 * 12, dtype=np.float32).reshape(3, 12)  # [P, 4 * (K + 1)]
     seen = []
@@ -164,12 +164,12 @@ def test_second_pass_rescores_the_best_class_boxes_of_confident_rows_only():
         return cls_score, np.zeros((len(b), 12), np.float32)
 
     pre = Preprocessing((0.0,) * 3, (1.0,) * 3)  # zero deltas decode to the box itself
-    new_probs, new_boxes = second_pass(pre, head, probs, boxes, 100, 100)
+    new_probs, new_boxes = second_pass(pre, head, probs, boxes, 100, 100, min_score=0.3)
     # the heads saw row 0's class-2 box and row 2's class-1 box
     np.testing.assert_array_equal(seen[0], [boxes[0, 8:12], boxes[2, 4:8]])
     second = np.exp([0.0, 10.0, 0.0]) / np.exp([0.0, 10.0, 0.0]).sum()
     np.testing.assert_allclose(new_probs[[0, 2]], (probs[[0, 2]] + second) / 2, rtol=1e-5)
-    np.testing.assert_array_equal(new_probs[1], probs[1])  # below 0.05: untouched
+    np.testing.assert_array_equal(new_probs[1], probs[1])  # below 0.3: untouched
     np.testing.assert_array_equal(new_boxes[1], boxes[1])
     np.testing.assert_allclose(new_boxes[0], np.tile(boxes[0, 8:12], 3))  # zero deltas
     np.testing.assert_allclose(new_boxes[2], np.tile(boxes[2, 4:8], 3))
