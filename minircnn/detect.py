@@ -16,9 +16,11 @@ here the pre-training crop size squared).
 
 Refinement (``refine``, on by default for a Faster R-CNN): iterative localisation and box
 voting, after Gidaris and Komodakis (ICCV 2015, section 5), which neither Fast nor Faster
-R-CNN does. The head scores each proposal's regressed box once more, on the same feature
-map (``second_pass``), and after NMS each detection's box becomes the score-weighted mean
-of its class's candidate boxes that overlap it by IoU >= 0.5 (``box_voting``). The RPN's
+R-CNN does. The head scores the regressed box of each proposal whose best class reaches
+0.5 once more, on the same feature map (``second_pass``), and after NMS each detection's
+box becomes the score-weighted mean of its class's candidate boxes (those above the score
+threshold) that overlap it by IoU >= 0.5 (``box_voting``); voted boxes of one class can
+then overlap by a little more than the NMS threshold. The RPN's
 proposals are looser than selective search's, and its model's boxes with them: on val
 (models trained on train, seeds 0 to 4) refinement raised Faster R-CNN's mAP@0.5 from
 0.837 to 0.847 and its mAP@[.5:.95] from 0.488 to 0.566; the selective-search model, whose
@@ -114,10 +116,10 @@ def detect(
 
     ``scales``: shorter-side lengths for multi-scale testing (None: the single training
     scale); with given proposals only. ``refine``: a second pass of the head and box
-    voting (module docstring; single scale only); None: on for a Faster R-CNN, off for a
-    Fast R-CNN, as chosen on val.
+    voting (module docstring; single scale only); None: on for a Faster R-CNN with its own
+    proposals, off otherwise, as chosen on val.
     """
-    refine = detector.uses_rpn if refine is None else refine
+    refine = detector.uses_rpn and proposals is None if refine is None else refine
     if proposals is not None:
         scores, boxes = score_proposals(detector, image, proposals, scales, refine)
     elif detector.uses_rpn:
@@ -182,15 +184,16 @@ def score_proposals(detector: Detector, image, proposals, scales=None, refine: b
     k1 = model.config.num_classes + 1
     cls_score = np.zeros((len(proposals), k1), dtype=np.float32)
     bbox_pred = np.zeros((len(proposals), 4 * k1), dtype=np.float32)
+    features = {}  # level -> the feature map [1, C, h, w] at that scale
     for lv, s in enumerate(factors):
         idx = np.flatnonzero(level == lv)
         if len(idx) == 0:
             continue
-        features = fast.backbone.forward(pre.network_input(image, s)[None])  # [1, C, h, w]
-        cls_score[idx], bbox_pred[idx] = _head_on_boxes(fast, features, s, proposals[idx])
+        features[lv] = fast.backbone.forward(pre.network_input(image, s)[None])
+        cls_score[idx], bbox_pred[idx] = _head_on_boxes(fast, features[lv], s, proposals[idx])
     probs, boxes = decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
-    if refine and len(proposals):
-        head = partial(_head_on_boxes, fast, features, factors[0])
+    if refine and len(proposals):  # one scale: level 0
+        head = partial(_head_on_boxes, fast, features[0], factors[0])
         probs, boxes = second_pass(pre, head, probs, boxes, height, width)
     return probs, boxes
 
@@ -260,12 +263,18 @@ def box_voting(kept, kept_labels, boxes, scores, labels, iou_threshold=0.5) -> n
     """Box voting (Gidaris and Komodakis, ICCV 2015, section 5): each kept box [D, 4] of
     label ``kept_labels`` [D] becomes the mean of the candidate boxes [C, 4] of the same
     label (``labels`` [C]) that overlap it by IoU >= ``iou_threshold``, weighted by their
-    ``scores`` [C]; it is among them itself. -> float32 [D, 4]."""
-    voted = np.asarray(kept, dtype=np.float64).copy()
+    ``scores`` [C]; it is among them itself (a box of zero area, which overlaps nothing,
+    stays as it is). Computed in float64, so that a mean of boxes clipped to the image
+    stays inside it. -> float32 [D, 4]."""
+    kept = np.asarray(kept, dtype=np.float64)
+    boxes, scores = np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    voted = kept.copy()
     for label in np.unique(kept_labels):
         mine, theirs = kept_labels == label, labels == label
         weights = (box_iou(kept[mine], boxes[theirs]) >= iou_threshold) * scores[theirs]
-        voted[mine] = weights @ boxes[theirs] / weights.sum(axis=1, keepdims=True)
+        total = weights.sum(axis=1, keepdims=True)
+        mean = weights @ boxes[theirs] / np.where(total > 0, total, 1.0)
+        voted[mine] = np.where(total > 0, mean, kept[mine])
     return voted.astype(np.float32)
 
 
@@ -316,8 +325,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="data/proposals", help="proposal cache folder")
     parser.add_argument("--jobs", type=cli.jobs, default=-1, help="selective-search workers")
     parser.add_argument("--scheduler", help="selective search on Dask: 'local' or tcp://HOST:8786")
+    parser.add_argument(
+        "--refine",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="a second pass of the head and box voting; auto: on for a Faster R-CNN",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    refine = {"auto": None, "on": True, "off": False}[args.refine]
     detector = load_detector(args.checkpoint)
     images = ImageFolder(args.images)
     proposals = [None] * len(images)  # Faster R-CNN: its own RPN's
@@ -334,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i in ProgressBar(range(len(images)), desc="detect", enabled=not args.quiet):
         image = images.load_image(i)
-        dets = detect(detector, image, proposals[i])
+        dets = detect(detector, image, proposals[i], refine=refine)
         results.append(dets)
         show = dets.scores >= args.score_threshold
         fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))

@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     results, per_image = evaluate_model(
         detector, dataset, proposals, progress=not args.quiet, scales=args.scales, refine=refine
     )
+    results["refine"] = detector.uses_rpn if refine is None else refine  # as detect resolves it
     print_table(results)
     print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image ({timed})")
     run = Path(args.checkpoint).parent.name

@@ -87,6 +87,7 @@ CASES = [
     ("detect", "--checkpoint classifier.npz img.jpg", "classifier.npz"),
     ("detect", "--checkpoint good.npz nothere.jpg", "nothere.jpg"),
     ("detect", "--checkpoint good.npz img.jpg --score-threshold 1.5", "--score-threshold"),
+    ("detect", "--checkpoint good.npz img.jpg --refine yes", "--refine"),
     # the other commands
     ("proposals", "--root toy --jobs 0", "--jobs"),
     ("bench", "--sections nope", "--sections"),

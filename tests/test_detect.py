@@ -31,11 +31,17 @@ def random_scene(seed, n=300):
     return image, proposals
 
 
-@pytest.mark.parametrize("scales", [None, [48, 80]])
-def test_detection_contract(scales):
+@pytest.mark.parametrize(("scales", "refine"), [(None, False), ([48, 80], False), (None, True)])
+def test_detection_contract(scales, refine):
     image, proposals = random_scene(1)
     dets = detect(
-        tiny_detector(), image, proposals, score_threshold=0.0, max_per_image=50, scales=scales
+        tiny_detector(),
+        image,
+        proposals,
+        score_threshold=0.0,
+        max_per_image=50,
+        scales=scales,
+        refine=refine,
     )
     assert dets.boxes.dtype == np.float32 and dets.scores.dtype == np.float32
     assert dets.labels.dtype == np.int64 and dets.boxes.shape == (len(dets.scores), 4)
@@ -47,7 +53,8 @@ def test_detection_contract(scales):
     for k in np.unique(dets.labels):
         same = dets.boxes[dets.labels == k]
         iou = box_iou(same, same)
-        assert np.all(iou[~np.eye(len(same), dtype=bool)] <= 0.3)  # per-class NMS at 0.3
+        # per-class NMS at 0.3; box voting moves the boxes after it
+        assert refine or np.all(iou[~np.eye(len(same), dtype=bool)] <= 0.3)
 
 
 def test_multi_scale_pools_each_roi_at_the_scale_nearest_the_crop_area():
@@ -175,10 +182,31 @@ def test_second_pass_rescores_the_best_class_boxes_of_confident_rows_only():
     np.testing.assert_allclose(new_boxes[2], np.tile(boxes[2, 4:8], 3))
 
 
-def test_refinement_changes_single_scale_detections_and_refuses_a_pyramid():
+def test_second_pass_pools_the_best_class_boxes_of_the_first_at_the_input_scale():
+    # 60x90 image at training scale 64 (cap 96): factor min(64/60, 96/90) = 16/15
     image, proposals = random_scene(2)
-    plain = detect(tiny_detector(), image, proposals, score_threshold=0.0)
-    refined = detect(tiny_detector(), image, proposals, score_threshold=0.0, refine=True)
-    assert len(refined.scores) and not np.array_equal(plain.boxes, refined.boxes)
+    detector = tiny_detector()
+    probs, boxes = score_proposals(detector, image, proposals)
+    pooled, pool_forward = [], detector.model.roi_pool.forward
+
+    def recording_pool(features, rois):
+        pooled.append(rois.copy())
+        return pool_forward(features, rois)
+
+    detector.model.roi_pool.forward = recording_pool
+    refined_probs, _ = score_proposals(detector, image, proposals, refine=True)
+    rows = np.flatnonzero(probs[:, 1:].max(axis=1) >= 0.5)  # second_pass's default
+    best = probs[rows, 1:].argmax(axis=1) + 1
+    assert len(pooled) == 2 and len(rows) > 0  # this confident model: every row
+    want = boxes.reshape(len(boxes), 4, 4)[rows, best] * 16 / 15
+    np.testing.assert_allclose(pooled[1][:, 1:], want, rtol=1e-5)
+    assert not np.allclose(refined_probs[rows], probs[rows])  # averaged with the second pass
+
+
+def test_refinement_is_off_by_default_for_fast_rcnn_and_refuses_a_pyramid():
+    image, proposals = random_scene(2)
+    plain = detect(tiny_detector(), image, proposals, score_threshold=0.0, refine=False)
+    default = detect(tiny_detector(), image, proposals, score_threshold=0.0)
+    np.testing.assert_array_equal(default.boxes, plain.boxes)
     with pytest.raises(ValueError, match="single-scale"):
         detect(tiny_detector(), image, proposals, scales=[48, 80], refine=True)

@@ -207,6 +207,15 @@ def test_detection_with_the_models_own_proposals():
     assert len(compressed.boxes) > 0
     with pytest.raises(ValueError, match="multi-scale"):
         detect(detector, image, scales=[96, 128])
+    # refinement: on by default with the model's own proposals, off with given ones
+    refined = detect(detector, image, score_threshold=0.0, max_per_image=50, refine=True)
+    np.testing.assert_array_equal(dets.boxes, refined.boxes)
+    plain = detect(detector, image, score_threshold=0.0, max_per_image=50, refine=False)
+    assert not np.array_equal(dets.boxes, plain.boxes)  # box voting moved some
+    given = np.array([[10, 10, 60, 50], [30, 20, 90, 70]], np.float32)
+    np.testing.assert_array_equal(
+        detect(detector, image, given).boxes, detect(detector, image, given, refine=False).boxes
+    )
     fast = Detector(FastRCNN(SMALL).eval(), detector.classes, PRE)
     with pytest.raises(ValueError, match="needs proposals"):
         detect(fast, image)

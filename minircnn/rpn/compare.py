@@ -179,6 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         "map_by_size": {k: v["map_by_size"] for k, v in maps.items()},
         "timing": timing,
         "time_images": len(images),
+        "refined": {"Fast R-CNN + selective search": False, "Faster R-CNN (RPN)": True},
     }
     (out / "compare.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {out}/recall.png and compare.json")
