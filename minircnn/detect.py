@@ -20,12 +20,12 @@ R-CNN does. The head scores the regressed box of each proposal whose best class 
 0.5 once more, on the same feature map (``second_pass``), and after NMS each detection's
 box becomes the score-weighted mean of its class's candidate boxes (those above the score
 threshold) that overlap it by IoU >= 0.5 (``box_voting``); voted boxes of one class can
-then overlap by a little more than the NMS threshold. The RPN's
-proposals are looser than selective search's, and its model's boxes with them: on val
-(models trained on train, seeds 0 to 4) refinement raised Faster R-CNN's mAP@0.5 from
-0.837 to 0.847 and its mAP@[.5:.95] from 0.488 to 0.566; the selective-search model, whose
-proposals are tight, did not gain (seeds 0, 1, 2: mAP@0.5 0.848 without, 0.846 with, when
-every box scoring 0.05 or more was scored again).
+then overlap by a little more than the NMS threshold. The RPN's proposals are looser than
+selective search's, and its model's boxes with them: on val (models trained on train,
+seeds 0 to 4) refinement raised Faster R-CNN's mAP@0.5 from 0.837 to 0.847 and its
+mAP@[.5:.95] from 0.488 to 0.566; the selective-search model, whose proposals are tight,
+did not gain (seeds 0, 1, 2: mAP@0.5 0.848 without, 0.846 with, when every box scoring
+0.05 or more was scored again).
 """
 
 import os
