@@ -119,7 +119,7 @@ def detect(
     voting (module docstring; single scale only); None: on for a Faster R-CNN with its own
     proposals, off otherwise, as chosen on val.
     """
-    refine = detector.uses_rpn and proposals is None if refine is None else refine
+    refine = refines(detector, refine, proposals_given=proposals is not None)
     if proposals is not None:
         scores, boxes = score_proposals(detector, image, proposals, scales, refine)
     elif detector.uses_rpn:
@@ -130,6 +130,27 @@ def detect(
     else:
         raise ValueError("detect: a Fast R-CNN needs proposals (it has no RPN)")
     return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image, refine)
+
+
+def refines(detector: Detector, refine: bool | None, proposals_given: bool) -> bool:
+    """Whether ``detect`` refines: ``refine`` when given; None, the default, means a
+    Faster R-CNN scoring its own proposals (chosen on val)."""
+    return detector.uses_rpn and not proposals_given if refine is None else refine
+
+
+REFINE_MODES = {"auto": None, "on": True, "off": False}  # --refine -> detect's refine
+
+
+def add_refine_argument(parser) -> None:
+    """``--refine auto|on|off``, as ``evaluate`` and ``detect`` take it:
+    ``REFINE_MODES[args.refine]`` is ``detect``'s ``refine``."""
+    parser.add_argument(
+        "--refine",
+        choices=tuple(REFINE_MODES),
+        default="auto",
+        help="a second pass of the head and box voting (minircnn.detect); auto: on for a "
+        "Faster R-CNN with its own proposals, off otherwise",
+    )
 
 
 def rpn_proposals(detector: Detector, image, short_side: int | None = None):
@@ -325,15 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default="data/proposals", help="proposal cache folder")
     parser.add_argument("--jobs", type=cli.jobs, default=-1, help="selective-search workers")
     parser.add_argument("--scheduler", help="selective search on Dask: 'local' or tcp://HOST:8786")
-    parser.add_argument(
-        "--refine",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="a second pass of the head and box voting; auto: on for a Faster R-CNN",
-    )
+    add_refine_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    refine = {"auto": None, "on": True, "off": False}[args.refine]
+    refine = REFINE_MODES[args.refine]
     detector = load_detector(args.checkpoint)
     images = ImageFolder(args.images)
     proposals = [None] * len(images)  # Faster R-CNN: its own RPN's

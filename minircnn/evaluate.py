@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     returns the results. The checkpoint, data set and arguments are checked first."""
     from minircnn.checkpoint import CheckpointError
     from minircnn.data.voc import UnknownClassError
-    from minircnn.detect import load_detector
+    from minircnn.detect import REFINE_MODES, add_refine_argument, load_detector, refines
     from minircnn.proposals.cache import load_or_compute
 
     parser = cli.ArgumentParser(prog="python -m minircnn.evaluate", description=__doc__)
@@ -204,16 +204,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--scales", type=cli.scales, help="comma-separated shorter sides for multi-scale testing"
     )
-    parser.add_argument(
-        "--refine",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="a second pass of the head and box voting (minircnn.detect); auto: on for a "
-        "Faster R-CNN, off for a Fast R-CNN",
-    )
+    add_refine_argument(parser)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    refine = {"auto": None, "on": True, "off": False}[args.refine]
+    refine = REFINE_MODES[args.refine]
     detector = load_detector(args.checkpoint)
     if args.scales:
         cli.check_scales(args.scales, detector.model.config)
@@ -235,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
     results, per_image = evaluate_model(
         detector, dataset, proposals, progress=not args.quiet, scales=args.scales, refine=refine
     )
-    results["refine"] = detector.uses_rpn if refine is None else refine  # as detect resolves it
+    results["refine"] = refines(detector, refine, proposals_given=proposals is not None)
     print_table(results)
     print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image ({timed})")
     run = Path(args.checkpoint).parent.name

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Recall, mAP and time of both checkpoints on a split; print the table, write the
     plot and JSON; returns the results."""
     from minircnn.checkpoint import CheckpointError
-    from minircnn.detect import load_detector
+    from minircnn.detect import load_detector, refines
     from minircnn.evaluate import evaluate_model, evaluation_dataset
     from minircnn.proposals.cache import load_or_compute
 
@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
         "map_by_size": {k: v["map_by_size"] for k, v in maps.items()},
         "timing": timing,
         "time_images": len(images),
-        "refined": {"Fast R-CNN + selective search": False, "Faster R-CNN (RPN)": True},
+        "refined": {
+            "Fast R-CNN + selective search": refines(ss, None, proposals_given=True),
+            "Faster R-CNN (RPN)": refines(rpn, None, proposals_given=False),
+        },
     }
     (out / "compare.json").write_text(json.dumps(results, indent=1))
     print(f"wrote {out}/recall.png and compare.json")
