@@ -120,7 +120,8 @@ def load_model(path, expected_config: ModelConfig | None = None):
         raise CheckpointError(f"{path}: unknown network kind {header.get('kind')!r}")
     if header["kind"] == "faster_rcnn":
         try:
-            rpn_config = config_from_dict(RPNConfig, header["rpn"])
+            # checkpoints from before the RPN's dilation existed used adjacent taps
+            rpn_config = config_from_dict(RPNConfig, {"dilation": 1, **header["rpn"]})
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # missing, malformed
             raise CheckpointError(f"{path}: no usable RPN configuration ({err!r})") from err
         network = FasterRCNN(config, rpn_config)

@@ -46,9 +46,10 @@ def spatial_rows(layers, height: int, width: int, channels: int = 3) -> list[Lay
     for name, layer in layers:
         k = layer.kernel_size[0] if isinstance(layer, Conv2d) else layer.kernel_size
         pad = layer.padding if isinstance(layer, Conv2d) else 0
-        height = conv_output_size(height, k, layer.stride, pad)
-        width = conv_output_size(width, k, layer.stride, pad)
-        spec.append((name, k, layer.stride))
+        dilation = layer.dilation if isinstance(layer, Conv2d) else 1
+        height = conv_output_size(height, k, layer.stride, pad, dilation)
+        width = conv_output_size(width, k, layer.stride, pad, dilation)
+        spec.append((name, dilation * (k - 1) + 1, layer.stride))  # the taps' extent
         _, jump, field = receptive_fields(spec)[-1]
         params = sum(int(p.size) for p in layer.params.values())
         flops = 0

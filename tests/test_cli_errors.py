@@ -48,8 +48,8 @@ CASES = [
     ("train", "--tiny --lr nan", "--lr"),
     ("train", "--tiny --epochs 4 --lr-drop 5", "--lr-drop"),
     ("train", "--tiny --lr-drop 0", "--lr-drop"),
-    # Faster R-CNN's default schedule is shorter (10 epochs against 12)
-    ("train", "--tiny --proposals rpn --lr-drop 11", "--lr-drop: 11 is after the last epoch (10)"),
+    # Faster R-CNN's default schedule is Fast R-CNN's 12 epochs
+    ("train", "--tiny --proposals rpn --lr-drop 13", "--lr-drop: 13 is after the last epoch (12)"),
     ("train", "--tiny --copy-paste 1.5", "--copy-paste"),
     ("train", "--tiny --max-images 0", "--max-images"),
     ("train", "--tiny --max-images 1", "--max-images"),

@@ -1,7 +1,7 @@
 """Faster R-CNN: the joint gradient in float64, joint training, RPN proposals as training
 candidates, checkpoints that record the RPN, and detection with the model's own proposals."""
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
@@ -194,6 +194,19 @@ def test_checkpoint_records_the_rpn_and_round_trips(tmp_path):
         np.testing.assert_array_equal(model.params()[name], value)
     _, fast_header = load_model(save_checkpoint(tmp_path / "f.npz", FastRCNN(SMALL), {}))
     assert fast_header["proposals"] == "selective_search" and "rpn" not in fast_header
+
+
+def test_checkpoint_without_a_dilation_loads_adjacent_taps(tmp_path):
+    # written before RPNConfig had a dilation: its RPN conv's taps were adjacent (1), not
+    # the default's 2
+    assert RPNConfig().dilation == 2
+    old_config = replace(SMALL_RPN, dilation=1)
+    old_header = {k: v for k, v in asdict(old_config).items() if k != "dilation"}
+    model = FasterRCNN(SMALL, old_config, np.random.default_rng(0))
+    path = save_checkpoint(tmp_path / "old.npz", model, {"rpn": old_header})
+    loaded, header = load_model(path)
+    assert "dilation" not in header["rpn"]
+    assert loaded.rpn_config == old_config and loaded.rpn.conv.dilation == 1
 
 
 def test_detection_with_the_models_own_proposals():

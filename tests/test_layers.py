@@ -21,34 +21,37 @@ TOL = 1e-6
 
 
 # ---------------------------------------------------------------- plain references
-def conv_reference(x, w, b, stride, pad):
+def conv_reference(x, w, b, stride, pad, dilation=1):
     n_img, _, h, wd = x.shape
     f, _, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    ho = (h + 2 * pad - kh) // stride + 1
-    wo = (wd + 2 * pad - kw) // stride + 1
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1  # the taps' extent
+    ho = (h + 2 * pad - span_h) // stride + 1
+    wo = (wd + 2 * pad - span_w) // stride + 1
     y = np.zeros((n_img, f, ho, wo), dtype=np.float64)
     for n in range(n_img):
         for k in range(f):
             for i in range(ho):
                 for j in range(wo):
-                    patch = xp[n, :, i * stride : i * stride + kh, j * stride : j * stride + kw]
-                    y[n, k, i, j] = np.sum(patch * w[k]) + b[k]
+                    rows = slice(i * stride, i * stride + span_h, dilation)
+                    cols = slice(j * stride, j * stride + span_w, dilation)
+                    y[n, k, i, j] = np.sum(xp[n, :, rows, cols] * w[k]) + b[k]
     return y
 
 
-def conv_backward_reference(dy, x, w, stride, pad):
+def conv_backward_reference(dy, x, w, stride, pad, dilation=1):
     _, _, kh, kw = w.shape
     xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
     dxp = np.zeros_like(xp, dtype=np.float64)
     dw = np.zeros_like(w, dtype=np.float64)
     n_img, f, ho, wo = dy.shape
+    span_h, span_w = dilation * (kh - 1) + 1, dilation * (kw - 1) + 1
     for n in range(n_img):
         for k in range(f):
             for i in range(ho):
                 for j in range(wo):
-                    sl = (n, slice(None), slice(i * stride, i * stride + kh))
-                    sl = sl + (slice(j * stride, j * stride + kw),)
+                    sl = (n, slice(None), slice(i * stride, i * stride + span_h, dilation))
+                    sl = sl + (slice(j * stride, j * stride + span_w, dilation),)
                     dw[k] += dy[n, k, i, j] * xp[sl]
                     dxp[sl] += dy[n, k, i, j] * w[k]
     h, wd = x.shape[2:]
@@ -96,30 +99,34 @@ def layer_gradcheck(layer, x, seed=0):
 
 
 CONV_CASES = [
-    # (N, C, H, W, F, k, stride, pad)
-    (1, 3, 7, 5, 4, 3, 1, 1),  # 3 channels, 3x3, stride 1: the direct kernel
-    (2, 6, 7, 5, 4, 3, 1, 1),  # the same with 6 channels: im2col + GEMM
-    (3, 2, 9, 8, 3, 3, 2, 1),
-    (2, 4, 6, 6, 5, 1, 1, 0),
-    (1, 2, 11, 7, 2, 5, 2, 2),
-    (3, 1, 5, 9, 2, 2, 2, 0),
+    # (N, C, H, W, F, k, stride, pad, dilation)
+    (1, 3, 7, 5, 4, 3, 1, 1, 1),  # 3 channels, 3x3, stride 1: the direct kernel
+    (2, 6, 7, 5, 4, 3, 1, 1, 1),  # the same with 6 channels: im2col + GEMM
+    (3, 2, 9, 8, 3, 3, 2, 1, 1),
+    (2, 4, 6, 6, 5, 1, 1, 0, 1),
+    (1, 2, 11, 7, 2, 5, 2, 2, 1),
+    (3, 1, 5, 9, 2, 2, 2, 0, 1),
+    (2, 3, 8, 9, 4, 3, 1, 2, 2),  # dilated "same" conv (the RPN's): im2col, not direct
+    (1, 2, 12, 10, 3, 3, 2, 1, 3),  # dilation 3 with stride 2: taps beyond the padding
+    (2, 2, 6, 7, 2, 3, 1, 0, 2),  # no padding: output 2 x 3
 ]
 
 
 # ---------------------------------------------------------------- conv
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_matches_loop_reference(case):
-    n, c, h, w, f, k, s, p = case
+    n, c, h, w, f, k, s, p, d = case
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, c, h, w))
-    layer = Conv2d(c, f, k, stride=s, padding=p, dtype=np.float64, rng=rng)
+    layer = Conv2d(c, f, k, stride=s, padding=p, dtype=np.float64, rng=rng, dilation=d)
     layer.params["bias"][:] = rng.standard_normal(f)
     y = layer.forward(x)
-    y_ref = conv_reference(x, layer.params["weight"], layer.params["bias"], s, p)
+    y_ref = conv_reference(x, layer.params["weight"], layer.params["bias"], s, p, d)
+    assert y.shape == y_ref.shape
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
     dy = rng.standard_normal(y.shape)
     dx = layer.backward(dy)
-    dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, layer.params["weight"], s, p)
+    dx_ref, dw_ref, db_ref = conv_backward_reference(dy, x, layer.params["weight"], s, p, d)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.grads["weight"], dw_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(layer.grads["bias"], db_ref, rtol=1e-12, atol=1e-12)
@@ -127,9 +134,9 @@ def test_conv_matches_loop_reference(case):
 
 @pytest.mark.parametrize("case", CONV_CASES)
 def test_conv_gradcheck(case):
-    n, c, h, w, f, k, s, p = case
+    n, c, h, w, f, k, s, p, d = case
     rng = np.random.default_rng(2)
-    layer = Conv2d(c, f, k, stride=s, padding=p, dtype=np.float64, rng=rng)
+    layer = Conv2d(c, f, k, stride=s, padding=p, dtype=np.float64, rng=rng, dilation=d)
     layer.params["bias"][:] = rng.standard_normal(f)
     errors = layer_gradcheck(layer, rng.standard_normal((n, c, h, w)))
     assert max(errors.values()) < TOL, errors
@@ -189,15 +196,16 @@ def test_direct_conv_gradcheck():
     assert max(errors.values()) < TOL, errors
 
 
-def test_im2col_col2im_are_adjoint():
+@pytest.mark.parametrize("dilation, out_hw", [(1, (4, 3)), (2, (3, 2))])
+def test_im2col_col2im_are_adjoint(dilation, out_hw):
     # <im2col(x), c> == <x, col2im(c)> for any x, c: col2im is exactly the transpose.
     rng = np.random.default_rng(3)
     x = rng.standard_normal((2, 3, 7, 6))
-    cols = np.empty((3 * 9, 2 * 4 * 3))
-    im2col(x, 3, 3, 2, 1, cols)
+    cols = np.empty((3 * 9, 2 * out_hw[0] * out_hw[1]))
+    im2col(x, 3, 3, 2, 1, dilation, cols)
     c = rng.standard_normal(cols.shape)
     back = np.empty_like(x)
-    col2im(c, 3, 3, 2, 1, back)
+    col2im(c, 3, 3, 2, 1, dilation, back)
     assert np.isclose(np.sum(cols * c), np.sum(x * back), rtol=1e-12)
 
 
@@ -237,6 +245,10 @@ def test_conv_bad_input():
     layer.forward(np.zeros((1, 3, 8, 8), np.float32))
     with pytest.raises(ValueError, match="upstream gradient"):
         layer.backward(np.zeros((1, 4, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="dilation 3"):  # spans 7 x 7 > 5 x 5
+        Conv2d(3, 4, 3, dilation=3).forward(np.zeros((1, 3, 5, 5), np.float32))
+    with pytest.raises(ValueError, match="dilation=0"):
+        Conv2d(3, 4, 3, dilation=0)
 
 
 # ---------------------------------------------------------------- max pool

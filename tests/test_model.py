@@ -7,7 +7,7 @@ import pytest
 from minircnn.gradcheck import gradcheck
 from minircnn.layers.losses import MultiTaskLoss
 from minircnn.model import Classifier, FastRCNN, ModelConfig
-from minircnn.summary import receptive_fields
+from minircnn.summary import receptive_fields, spatial_rows
 
 TINY = ModelConfig(
     num_classes=2,
@@ -106,6 +106,25 @@ def test_receptive_fields_vgg16():
     assert by_name["conv5_3"] == (16, 196)
     assert by_name["pool5"] == (32, 212)
     assert receptive_fields([*layers[:-1], ("rpn_conv", 3, 1)])[-1][1:] == (16, 228)
+
+
+def test_spatial_rows_of_a_dilated_conv():
+    """A 3x3 conv with dilation 2 and padding 2 keeps a 9 x 10 map's size and sees 5 x 5
+    pixels; after a stride-2 pool, the same conv adds 2 * 2 * 2 = 8 pixels of field."""
+    from minircnn.layers import Conv2d, MaxPool2d
+
+    layers = [
+        ("dilated", Conv2d(3, 4, 3, padding=2, dilation=2)),
+        ("pool", MaxPool2d(2)),
+        ("dilated2", Conv2d(4, 4, 3, padding=2, dilation=2)),
+    ]
+    rows = spatial_rows(layers, 9, 10)
+    assert [(r.output_shape, r.stride, r.receptive_field) for r in rows] == [
+        ((1, 4, 9, 10), 1, 5),
+        ((1, 4, 4, 5), 2, 6),
+        ((1, 4, 4, 5), 2, 14),
+    ]
+    assert rows[0].flops == 2 * 4 * 3 * 9 * 9 * 10  # the taps' count, not their extent
 
 
 def test_eval_and_train_switch_dropout_and_roi_pooling():

@@ -289,9 +289,15 @@ def test_propose_batch_reads_the_head_layout():
 
 
 # ---------------------------------------------------------------- gradients
-def _tiny_head(rng, window=3):
+def _tiny_head(rng, window=3, dilation=1):
     head = RPNHead(
-        in_channels=3, num_anchors=2, mid_channels=4, dtype=np.float64, rng=rng, window=window
+        in_channels=3,
+        num_anchors=2,
+        mid_channels=4,
+        dtype=np.float64,
+        rng=rng,
+        window=window,
+        dilation=dilation,
     )
     for p in head.params().values():  # larger than the 0.01 init, so every term matters
         p[...] = rng.standard_normal(p.shape) * 0.5
@@ -310,14 +316,17 @@ def test_rpn_head_shapes_and_names():
     assert head.params()["rpn_conv.weight"].std() == pytest.approx(0.01, rel=0.1)
     wide = RPNHead(in_channels=8, num_anchors=12, window=5)  # n = 5 keeps the map's size
     assert wide.forward(np.zeros((2, 8, 5, 7), np.float32))[0].shape == (2, 24, 5, 7)
+    dilated = RPNHead(in_channels=8, num_anchors=12, dilation=2)  # so does a 5 x 5 view
+    assert dilated.conv.padding == 2
+    assert dilated.forward(np.zeros((2, 8, 5, 7), np.float32))[0].shape == (2, 24, 5, 7)
     with pytest.raises(ValueError, match="window"):
         RPNHead(in_channels=8, num_anchors=12, window=4)
 
 
-@pytest.mark.parametrize("window", [3, 5])
-def test_rpn_head_gradcheck_float64(window):
+@pytest.mark.parametrize("window, dilation", [(3, 1), (5, 1), (3, 2)])
+def test_rpn_head_gradcheck_float64(window, dilation):
     rng = np.random.default_rng(0)
-    head = _tiny_head(rng, window)
+    head = _tiny_head(rng, window, dilation)
     features = rng.standard_normal((2, 3, 4, 5))
     w_scores, w_deltas = rng.standard_normal((2, 4, 4, 5)), rng.standard_normal((2, 8, 4, 5))
 

@@ -1,7 +1,10 @@
 """2-D convolution as im2col + one matrix product for the whole batch.
 
 For an input ``x [N, C, H, W]`` and weight ``[F, C, kH, kW]`` the output is
-``y [N, F, H', W']`` with ``H' = 1 + (H + 2*pad - kH) // stride`` (likewise ``W'``).
+``y [N, F, H', W']`` with ``H' = 1 + (H + 2*pad - dilation*(kH - 1) - 1) // stride``
+(likewise ``W'``). A dilation d spaces the kernel's taps d pixels apart (tap (i, j) reads
+input pixel ``(h*stride - pad + i*d, w*stride - pad + j*d)``): a 3x3 kernel with d = 2
+sees a 5x5 window for the arithmetic of a 3x3 one (Yu and Koltun, ICLR 2016).
 
 im2col unrolls every receptive field into a column of ``cols [C*kH*kW, N*H'*W']`` (row
 ``(c*kH + i)*kW + j``, column ``n*H'*W' + h*W' + w``), so the convolution of the whole
@@ -25,12 +28,14 @@ from numba import njit, prange
 from minircnn.layers.base import Layer, check_float_array, check_same_shape, require_forward
 
 
-def conv_output_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    """``1 + (size + 2*pad - kernel) // stride``; raises if the kernel does not fit."""
-    out = (size + 2 * pad - kernel) // stride + 1
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """``1 + (size + 2*pad - span) // stride`` with ``span = dilation*(kernel - 1) + 1``,
+    the kernel's extent; raises if the kernel does not fit."""
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
     if out < 1:
         raise ValueError(
-            f"kernel {kernel} with stride {stride} and padding {pad} does not fit input size {size}"
+            f"kernel {kernel} (dilation {dilation}) with stride {stride} and padding {pad} "
+            f"does not fit input size {size}"
         )
     return out
 
@@ -51,36 +56,39 @@ def _valid_range(pad_minus_offset, stride, size_in, size_out):
 
 
 @njit(parallel=True, cache=True)
-def im2col(x, kh, kw, stride, pad, cols):
-    """Unroll receptive fields. x: [N, C, H, W]; cols (output): [C*kh*kw, N*H'*W']."""
+def im2col(x, kh, kw, stride, pad, dilation, cols):
+    """Unroll receptive fields. x: [N, C, H, W]; cols (output): [C*kh*kw, N*H'*W']; tap
+    (i, j) is read at offset (i*dilation, j*dilation)."""
     n_img, n_ch, h_in, w_in = x.shape
-    h_out = (h_in + 2 * pad - kh) // stride + 1
-    w_out = (w_in + 2 * pad - kw) // stride + 1
+    h_out = (h_in + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
+    w_out = (w_in + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
         for i in range(kh):
-            oh_lo, oh_hi = _valid_range(pad - i, stride, h_in, h_out)
+            di = pad - i * dilation  # input row = oh*stride - di
+            oh_lo, oh_hi = _valid_range(di, stride, h_in, h_out)
             for j in range(kw):
+                dj = pad - j * dilation
                 row = (c * kh + i) * kw + j
-                ow_lo, ow_hi = _valid_range(pad - j, stride, w_in, w_out)
+                ow_lo, ow_hi = _valid_range(dj, stride, w_in, w_out)
                 dst = cols[row, n * h_out * w_out : (n + 1) * h_out * w_out]  # image n's part
                 dst[: oh_lo * w_out] = 0.0
                 dst[oh_hi * w_out :] = 0.0
                 for oh in range(oh_lo, oh_hi):
                     base = oh * w_out
-                    src = x[n, c, oh * stride - pad + i]
+                    src = x[n, c, oh * stride - di]
                     dst[base : base + ow_lo] = 0.0
                     dst[base + ow_hi : base + w_out] = 0.0
                     if stride == 1:  # contiguous run: a plain (vectorised) copy
-                        dst[base + ow_lo : base + ow_hi] = src[ow_lo - pad + j : ow_hi - pad + j]
+                        dst[base + ow_lo : base + ow_hi] = src[ow_lo - dj : ow_hi - dj]
                     else:
                         for ow in range(ow_lo, ow_hi):
-                            dst[base + ow] = src[ow * stride - pad + j]
+                            dst[base + ow] = src[ow * stride - dj]
 
 
 @njit(parallel=True, cache=True)
-def col2im(dcols, kh, kw, stride, pad, dx):
+def col2im(dcols, kh, kw, stride, pad, dilation, dx):
     """Adjoint of im2col: sum dcols [C*kh*kw, N*H'*W'] back into dx [N, C, H, W]
     (overwritten).
 
@@ -88,25 +96,27 @@ def col2im(dcols, kh, kw, stride, pad, dx):
     race-free and the sum order is fixed (deterministic).
     """
     n_img, n_ch, h_in, w_in = dx.shape
-    h_out = (h_in + 2 * pad - kh) // stride + 1
-    w_out = (w_in + 2 * pad - kw) // stride + 1
+    h_out = (h_in + 2 * pad - dilation * (kh - 1) - 1) // stride + 1
+    w_out = (w_in + 2 * pad - dilation * (kw - 1) - 1) // stride + 1
     for nc in prange(n_img * n_ch):
         n = nc // n_ch
         c = nc % n_ch
         dx[n, c] = 0.0
         for i in range(kh):
-            oh_lo, oh_hi = _valid_range(pad - i, stride, h_in, h_out)
+            di = pad - i * dilation
+            oh_lo, oh_hi = _valid_range(di, stride, h_in, h_out)
             for j in range(kw):
+                dj = pad - j * dilation
                 row = (c * kh + i) * kw + j
-                ow_lo, ow_hi = _valid_range(pad - j, stride, w_in, w_out)
+                ow_lo, ow_hi = _valid_range(dj, stride, w_in, w_out)
                 for oh in range(oh_lo, oh_hi):
-                    dst = dx[n, c, oh * stride - pad + i]
+                    dst = dx[n, c, oh * stride - di]
                     src = dcols[row, (n * h_out + oh) * w_out : (n * h_out + oh + 1) * w_out]
                     if stride == 1:  # contiguous runs: a plain (vectorised) add
-                        dst[ow_lo - pad + j : ow_hi - pad + j] += src[ow_lo:ow_hi]
+                        dst[ow_lo - dj : ow_hi - dj] += src[ow_lo:ow_hi]
                     else:
                         for ow in range(ow_lo, ow_hi):
-                            dst[ow * stride - pad + j] += src[ow]
+                            dst[ow * stride - dj] += src[ow]
 
 
 # Largest C_in that runs the direct 3x3 kernel: im2col + GEMM wins once C*9 is large
@@ -170,20 +180,20 @@ def conv2d_forward_direct(x, weight, bias, pad, padded=None):
     return y, padded
 
 
-def unroll(x, kh, kw, stride, pad, cols=None):
+def unroll(x, kh, kw, stride, pad, cols=None, dilation=1):
     """``im2col`` of x [N, C, H, W] into ``cols [C*kh*kw, N*H'*W']``, reusing ``cols``
     (from an earlier call) when its shape and dtype fit; returns the column matrix."""
     n_img, n_ch, h_in, w_in = x.shape
-    h_out = conv_output_size(h_in, kh, stride, pad)
-    w_out = conv_output_size(w_in, kw, stride, pad)
+    h_out = conv_output_size(h_in, kh, stride, pad, dilation)
+    w_out = conv_output_size(w_in, kw, stride, pad, dilation)
     cols_shape = (n_ch * kh * kw, n_img * h_out * w_out)
     if cols is None or cols.shape != cols_shape or cols.dtype != x.dtype:
         cols = np.empty(cols_shape, dtype=x.dtype)
-    im2col(x, kh, kw, stride, pad, cols)
+    im2col(x, kh, kw, stride, pad, dilation, cols)
     return cols
 
 
-def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None):
+def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None, dilation=1):
     """Convolution forward.
 
     x: [N, C, H, W]; weight: [F, C, kH, kW]; bias: [F]; all the same float dtype.
@@ -194,9 +204,9 @@ def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None):
     """
     n_img, _, h_in, w_in = x.shape
     n_filt, n_ch, kh, kw = weight.shape
-    h_out = conv_output_size(h_in, kh, stride, pad)
-    w_out = conv_output_size(w_in, kw, stride, pad)
-    cols = unroll(x, kh, kw, stride, pad, cols)
+    h_out = conv_output_size(h_in, kh, stride, pad, dilation)
+    w_out = conv_output_size(w_in, kw, stride, pad, dilation)
+    cols = unroll(x, kh, kw, stride, pad, cols, dilation)
     w2 = weight.reshape(n_filt, n_ch * kh * kw)  # [F, C*kH*kW], a view
     products_shape = (n_filt, cols.shape[1])
     if products is None or products.shape != products_shape or products.dtype != x.dtype:
@@ -208,7 +218,7 @@ def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None):
     return y.reshape(n_img, n_filt, h_out, w_out), cols, products
 
 
-def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=None):
+def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=None, dilation=1):
     """Convolution backward.
 
     dy: [N, F, H', W']; cols: from forward. Returns ``(dx [N, C, H, W] or None, dweight,
@@ -228,7 +238,7 @@ def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=
             dcols = np.empty_like(cols)
         np.matmul(w2.T, dy2, out=dcols)  # [Ckk, F] @ [F, N*H'W']
         dx = np.empty(x_shape, dtype=dy.dtype)
-        col2im(dcols, kh, kw, stride, pad, dx)
+        col2im(dcols, kh, kw, stride, pad, dilation, dx)
     return dx, dw2.reshape(weight.shape), dbias
 
 
@@ -236,7 +246,7 @@ class Conv2d(Layer):
     """Convolution layer, weight ``[F, C, kH, kW]`` (He-initialised), bias ``[F]`` (zero).
 
     ``need_input_grad=False`` makes backward skip dx (useful for the layer that sees the
-    image).
+    image). ``dilation``: the spacing of the kernel's taps (module doc).
     """
 
     def __init__(
@@ -249,19 +259,21 @@ class Conv2d(Layer):
         dtype=np.float32,
         rng: np.random.Generator | None = None,
         weight_std: float | None = None,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
-        if min(in_channels, out_channels, kh, kw, stride) < 1 or padding < 0:
+        if min(in_channels, out_channels, kh, kw, stride, dilation) < 1 or padding < 0:
             raise ValueError(
-                "Conv2d: channels, kernel size and stride must be >= 1 and padding >= 0, got "
-                f"in={in_channels} out={out_channels} kernel={(kh, kw)} stride={stride} "
-                f"padding={padding}"
+                "Conv2d: channels, kernel size, stride and dilation must be >= 1 and padding "
+                f">= 0, got in={in_channels} out={out_channels} kernel={(kh, kw)} "
+                f"stride={stride} padding={padding} dilation={dilation}"
             )
         rng = rng if rng is not None else np.random.default_rng(0)
         std = weight_std if weight_std is not None else np.sqrt(2.0 / (in_channels * kh * kw))
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding = (kh, kw), stride, padding
+        self.dilation = dilation
         self.dtype = np.dtype(dtype)
         self.params["weight"] = (
             std * rng.standard_normal((out_channels, in_channels, kh, kw))
@@ -269,7 +281,7 @@ class Conv2d(Layer):
         self.params["bias"] = np.zeros(out_channels, dtype=self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.need_input_grad = True
-        self.direct = uses_direct_conv(in_channels, kh, kw, stride)
+        self.direct = dilation == 1 and uses_direct_conv(in_channels, kh, kw, stride)
         self._cache = None
         self._cols = self._dcols = self._products = self._padded = None  # reused scratch
 
@@ -286,7 +298,14 @@ class Conv2d(Layer):
             cols = None
         else:
             y, cols, self._products = conv2d_forward(
-                x, weight, bias, self.stride, self.padding, self._cols, self._products
+                x,
+                weight,
+                bias,
+                self.stride,
+                self.padding,
+                self._cols,
+                self._products,
+                self.dilation,
             )
             self._cols = cols
         # the direct path keeps its input for backward's im2col (like ReLU and Linear)
@@ -311,6 +330,7 @@ class Conv2d(Layer):
             self.padding,
             need_dx=self.need_input_grad,
             dcols=self._dcols,
+            dilation=self.dilation,
         )
         self.grads["weight"], self.grads["bias"] = dw, db
         return dx

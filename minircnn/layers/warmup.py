@@ -72,7 +72,7 @@ KERNEL_CALLS = (
     (roi_pool_backward, (_f(1, 1, 2, 2), np.zeros((1, 1, 2, 2), np.int32), _ROI, (1, 1, 4, 4))),
     (maxpool2d_backward, (_f(1, 1, 1, 1), _i(1, 1, 1, 1), _f(1, 1, 2, 2))),
     (relu_backward, (_f(1), _f(1), _f(1))),
-    (col2im, (_f(9, 4), 3, 3, 1, 1, _f(1, 1, 2, 2))),
+    (col2im, (_f(9, 4), 3, 3, 1, 1, 1, _f(1, 1, 2, 2))),
 )
 
 _helper: subprocess.Popen | None = None

@@ -21,13 +21,7 @@ proposal network on the same feature map (approximate joint training, ``train.jo
 from minircnn.train.command import main, report_timing
 from minircnn.train.fit import fit
 from minircnn.train.joint import JointTrainer
-from minircnn.train.trainer import (
-    StepResult,
-    TrainConfig,
-    Trainer,
-    TrainingDiverged,
-    faster_rcnn_schedule,
-)
+from minircnn.train.trainer import StepResult, TrainConfig, Trainer, TrainingDiverged
 
 __all__ = [
     "JointTrainer",
@@ -35,7 +29,6 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
-    "faster_rcnn_schedule",
     "fit",
     "main",
     "report_timing",
