@@ -104,6 +104,12 @@ def checkpoint_config(header: dict, path, expected: ModelConfig | None = None) -
     return config
 
 
+def recorded_rpn(header: dict) -> dict:
+    """The ``RPNConfig`` fields a Faster R-CNN checkpoint's header records (KeyError if
+    none). Checkpoints from before the RPN's dilation existed have none: adjacent taps."""
+    return {"dilation": 1, **header["rpn"]}
+
+
 def with_prefix(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
     """The arrays whose key starts with ``prefix`` ("param/", "momentum/"), prefix removed."""
     return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -120,8 +126,7 @@ def load_model(path, expected_config: ModelConfig | None = None):
         raise CheckpointError(f"{path}: unknown network kind {header.get('kind')!r}")
     if header["kind"] == "faster_rcnn":
         try:
-            # checkpoints from before the RPN's dilation existed used adjacent taps
-            rpn_config = config_from_dict(RPNConfig, {"dilation": 1, **header["rpn"]})
+            rpn_config = config_from_dict(RPNConfig, recorded_rpn(header))
         except (KeyError, TypeError, ValueError, AttributeError) as err:  # missing, malformed
             raise CheckpointError(f"{path}: no usable RPN configuration ({err!r})") from err
         network = FasterRCNN(config, rpn_config)

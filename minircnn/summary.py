@@ -1,9 +1,10 @@
 """``model.summary()``: the layer table of a network, computed from its layers.
 
 For each conv and max-pool: the output shape for one image, the stride and receptive field
-in input pixels (``r += (kernel - 1) * j``, then ``j *= stride``), the parameters and the
-forward FLOPs; then RoI pooling and the FC layers on the RoIs. The last conv's stride is
-what RoI pooling divides image coordinates by (Fast R-CNN section 2.1: VGG16's 1/16).
+in input pixels (``r += (span - 1) * j``, then ``j *= stride``, where a kernel's span is
+``dilation * (kernel - 1) + 1``), the parameters and the forward FLOPs; then RoI pooling
+and the FC layers on the RoIs. The last conv's stride is what RoI pooling divides image
+coordinates by (Fast R-CNN section 2.1: VGG16's 1/16).
 """
 
 from typing import NamedTuple
@@ -28,7 +29,7 @@ class LayerRow(NamedTuple):
 
 def receptive_fields(layers) -> list[tuple[str, int, int]]:
     """Stride ``j`` and receptive field ``r`` (input pixels) after each of ``layers``
-    ``[(name, kernel, stride)]`` applied in order: ``r += (kernel - 1) * j``, then
+    ``[(name, kernel span, stride)]`` applied in order: ``r += (span - 1) * j``, then
     ``j *= stride`` (starting from ``j = r = 1``, one input pixel). Padding moves a
     field, it does not change its size. Returns ``[(name, j, r)]``."""
     jump, field, out = 1, 1, []

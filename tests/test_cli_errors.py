@@ -65,6 +65,8 @@ CASES = [
     ("train", "--tiny --rpn-training alternating", "--rpn-training"),
     ("train", "--tiny --proposals rpn --rpn-window 4", "--rpn-window"),
     ("train", "--tiny --rpn-window 5", "--rpn-window"),
+    ("train", "--tiny --proposals rpn --rpn-dilation 0", "--rpn-dilation"),
+    ("train", "--tiny --rpn-dilation 1", "--rpn-dilation: only with --proposals rpn"),
     ("train", "--tiny --proposals rpn --rpn-training alternating --resume", "--resume"),
     ("train", "--voc-root toy --proposals rpn --name alt --resume", "runs/alt/checkpoint.npz"),
     # evaluate: arguments, then each kind of bad checkpoint, then the data set

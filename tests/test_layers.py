@@ -109,6 +109,7 @@ CONV_CASES = [
     (2, 3, 8, 9, 4, 3, 1, 2, 2),  # dilated "same" conv (the RPN's): im2col, not direct
     (1, 2, 12, 10, 3, 3, 2, 1, 3),  # dilation 3 with stride 2: taps beyond the padding
     (2, 2, 6, 7, 2, 3, 1, 0, 2),  # no padding: output 2 x 3
+    (1, 2, 2, 1, 3, 3, 1, 2, 2),  # a 2 x 1 map: some taps miss the input for every output
 ]
 
 
@@ -149,6 +150,7 @@ def test_direct_conv_matches_im2col_and_loop_reference(channels):
     assert Conv2d(channels, 5, 3, padding=1).direct
     assert not Conv2d(DIRECT_MAX_CHANNELS + 1, 5, 3, padding=1).direct
     assert not Conv2d(channels, 5, 3, stride=2, padding=1).direct
+    assert not Conv2d(channels, 5, 3, padding=2, dilation=2).direct
     rng = np.random.default_rng(11)
     x = rng.standard_normal((2, channels, 7, 10))
     for pad in (0, 1, 2):

@@ -56,7 +56,8 @@ def torch_fast_rcnn(torch, tv_roi_pool, model: FastRCNN):
             for layers, pool in model.backbone.blocks:
                 for name, conv, _ in layers:
                     args = (conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride)
-                    self.add_module(name, nn.Conv2d(*args, padding=conv.padding))
+                    kw = {"padding": conv.padding, "dilation": conv.dilation}
+                    self.add_module(name, nn.Conv2d(*args, **kw))
                 self.plan.append(([name for name, _, _ in layers], pool is not None))
             n_convs = len(model.backbone.named_layers())
             for name, layer in model.named_layers()[n_convs:]:  # fc6, fc7 and the heads

@@ -15,9 +15,9 @@ products run in BLAS (NumPy's matmul, on every core); the unrolling and its adjo
 (col2im) are the Numba kernels here, parallel over (image, channel) pairs, which never
 write to the same place.
 
-One exception: a 3x3, stride-1 convolution of an input with few channels (the RGB image)
-runs as a direct convolution instead. Its product sums over only C*9 = 27 values, a
-shape too skinny for BLAS to run well (measured on the default network's first conv:
+One exception: a 3x3, stride-1, undilated convolution of an input with few channels (the
+RGB image) runs as a direct convolution instead. Its product sums over only C*9 = 27
+values, a shape too skinny for BLAS to run well (measured on the default network's first conv:
 1.8 ms as im2col + GEMM, 1.0 ms direct); the column matrix is then built only if
 backward asks for it (never, when the layer is frozen).
 """
@@ -50,6 +50,8 @@ def _valid_range(pad_minus_offset, stride, size_in, size_out):
     hi = (size_in - 1 + pad_minus_offset) // stride + 1
     if hi > size_out:
         hi = size_out
+    if hi < 0:  # a tap beyond the input for every output (a dilated kernel on a tiny map)
+        hi = 0
     if lo > hi:
         lo = hi
     return lo, hi
@@ -156,9 +158,9 @@ def direct_conv3x3(xp, weight, bias, y):
                     )  # fmt: skip
 
 
-def uses_direct_conv(n_ch: int, kh: int, kw: int, stride: int) -> bool:
+def uses_direct_conv(n_ch: int, kh: int, kw: int, stride: int, dilation: int = 1) -> bool:
     """Whether ``Conv2d`` runs ``direct_conv3x3`` for this shape (see the module doc)."""
-    return kh == kw == 3 and stride == 1 and n_ch <= DIRECT_MAX_CHANNELS
+    return kh == kw == 3 and stride == dilation == 1 and n_ch <= DIRECT_MAX_CHANNELS
 
 
 def conv2d_forward_direct(x, weight, bias, pad, padded=None):
@@ -196,11 +198,12 @@ def unroll(x, kh, kw, stride, pad, cols=None, dilation=1):
 def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None, dilation=1):
     """Convolution forward.
 
-    x: [N, C, H, W]; weight: [F, C, kH, kW]; bias: [F]; all the same float dtype.
-    Returns ``y [N, F, H', W']``, ``cols [C*kH*kW, N*H'*W']`` (kept for backward) and the
-    scratch ``products [F, N*H'*W']``. ``cols`` and ``products`` from the previous call may
-    be passed in to be reused: large fresh arrays cost page faults (measured: the first
-    conv's forward 6.8 ms with a fresh product array, 2.2 ms reusing it).
+    x: [N, C, H, W]; weight: [F, C, kH, kW]; bias: [F]; all the same float dtype;
+    ``dilation``: the taps' spacing. Returns ``y [N, F, H', W']``, ``cols [C*kH*kW,
+    N*H'*W']`` (kept for backward) and the scratch ``products [F, N*H'*W']``. ``cols`` and
+    ``products`` from the previous call may be passed in to be reused: large fresh arrays
+    cost page faults (measured: the first conv's forward 6.8 ms with a fresh product
+    array, 2.2 ms reusing it).
     """
     n_img, _, h_in, w_in = x.shape
     n_filt, n_ch, kh, kw = weight.shape
@@ -221,7 +224,8 @@ def conv2d_forward(x, weight, bias, stride, pad, cols=None, products=None, dilat
 def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=None, dilation=1):
     """Convolution backward.
 
-    dy: [N, F, H', W']; cols: from forward. Returns ``(dx [N, C, H, W] or None, dweight,
+    dy: [N, F, H', W']; cols: from forward, whose ``stride``, ``pad`` and ``dilation`` these
+    must be. Returns ``(dx [N, C, H, W] or None, dweight,
     dbias)``. ``need_dx=False`` skips the input gradient (the first layer of a network);
     ``dcols`` (shaped like cols) may be passed in to be reused as scratch.
     """
@@ -281,7 +285,7 @@ class Conv2d(Layer):
         self.params["bias"] = np.zeros(out_channels, dtype=self.dtype)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self.need_input_grad = True
-        self.direct = dilation == 1 and uses_direct_conv(in_channels, kh, kw, stride)
+        self.direct = uses_direct_conv(in_channels, kh, kw, stride, dilation)
         self._cache = None
         self._cols = self._dcols = self._products = self._padded = None  # reused scratch
 

@@ -73,6 +73,12 @@ def build_parser() -> cli.ArgumentParser:
         type=cli.positive_int,
         help=f"with --proposals rpn: n of the RPN's n x n conv, odd (default {RPNConfig.window})",
     )
+    data.add_argument(
+        "--rpn-dilation",
+        type=cli.positive_int,
+        help="with --proposals rpn: cells between the taps of that conv (default "
+        f"{RPNConfig.dilation}; 1: adjacent, as in the paper)",
+    )
     run = p.add_argument_group("run")
     run.add_argument(
         "--name",
@@ -133,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(
             f"argument --rpn-window: an odd size, with --proposals rpn; got {args.rpn_window}"
         )
+    if args.rpn_dilation is not None and not rpn:
+        parser.error("argument --rpn-dilation: only with --proposals rpn")
     if alternating and args.resume:
         parser.error("argument --resume: alternating training cannot be resumed")
     default_name = ("tiny" if args.tiny else "voc") + ("-rpn" if rpn else "")
@@ -208,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             jobs=args.jobs,
             progress=not args.quiet,
             scheduler=args.scheduler,
-            rpn_config=RPNConfig(window=args.rpn_window or RPNConfig.window) if rpn else None,
+            rpn_config=RPNConfig(
+                window=args.rpn_window or RPNConfig.window,
+                dilation=args.rpn_dilation or RPNConfig.dilation,
+            )
+            if rpn
+            else None,
             alternating=alternating,
         )
     except TrainingDiverged as err:  # not bad input: status 1

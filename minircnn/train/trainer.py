@@ -4,6 +4,7 @@ import csv
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -13,6 +14,7 @@ from minircnn.checkpoint import (
     CheckpointError,
     checkpoint_config,
     read_checkpoint,
+    recorded_rpn,
     save_checkpoint,
     with_prefix,
 )
@@ -223,7 +225,7 @@ class Trainer:
         theirs["preprocessing"] = header.get("preprocessing")
         if hasattr(self.model, "rpn_config"):  # Faster R-CNN: the same anchors and top-N
             ours["rpn"] = asdict(self.model.rpn_config)
-            theirs["rpn"] = header.get("rpn")
+            theirs["rpn"] = recorded_rpn(header) if "rpn" in header else None
             # and joint training (alternating training is never resumed)
             ours["rpn_training"] = self.header.get("rpn_training", "joint")
             theirs["rpn_training"] = header.get("rpn_training", "joint")
@@ -240,7 +242,8 @@ def _difference(section: str, ours, theirs) -> str:
     """'' when a section of the run's settings matches the checkpoint's; else its name and,
     for a dict, each differing field with the checkpoint's value and this run's, e.g.
     ``train_config (lr_step_epochs: [6] in the checkpoint, [9] here)``."""
-    as_json = json.dumps  # JSON turned tuples into lists: compare through JSON as well
+    # JSON turned tuples into lists: compare through JSON as well, whatever the keys' order
+    as_json = partial(json.dumps, sort_keys=True)
     if as_json(ours) == as_json(theirs):
         return ""
     if not (isinstance(ours, dict) and isinstance(theirs, dict)):
