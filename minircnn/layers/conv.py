@@ -225,9 +225,9 @@ def conv2d_backward(dy, cols, x_shape, weight, stride, pad, need_dx=True, dcols=
     """Convolution backward.
 
     dy: [N, F, H', W']; cols: from forward, whose ``stride``, ``pad`` and ``dilation`` these
-    must be. Returns ``(dx [N, C, H, W] or None, dweight,
-    dbias)``. ``need_dx=False`` skips the input gradient (the first layer of a network);
-    ``dcols`` (shaped like cols) may be passed in to be reused as scratch.
+    must be. Returns ``(dx [N, C, H, W] or None, dweight, dbias)``. ``need_dx=False``
+    skips the input gradient (the first layer of a network); ``dcols`` (shaped like cols)
+    may be passed in to be reused as scratch.
     """
     n_img = dy.shape[0]
     n_filt, n_ch, kh, kw = weight.shape

@@ -76,7 +76,7 @@ def build_parser() -> cli.ArgumentParser:
     data.add_argument(
         "--rpn-dilation",
         type=cli.positive_int,
-        help="with --proposals rpn: cells between the taps of that conv (default "
+        help="with --proposals rpn: the spacing of that conv's taps, in cells (default "
         f"{RPNConfig.dilation}; 1: adjacent, as in the paper)",
     )
     run = p.add_argument_group("run")
