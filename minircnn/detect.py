@@ -223,7 +223,7 @@ def _head_on_boxes(fast: FastRCNN, features, scale: float, boxes):
     """Fast R-CNN's head on one image's features [1, C, h, w] for boxes [R, 4] in
     original pixels (times ``scale`` to the input's) -> (cls_score, bbox_pred)."""
     rois = np.column_stack([np.zeros(len(boxes)), boxes * scale]).astype(np.float32)
-    return fast.classify(fast.roi_pool.forward(features, rois))
+    return fast.forward_head(features, rois)
 
 
 def second_pass(preprocessing: Preprocessing, head, probs, boxes, height, width, min_score=0.5):

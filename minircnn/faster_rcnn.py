@@ -137,7 +137,7 @@ class FasterRCNN(_Network):
     def forward_head(self, features: np.ndarray, rois: np.ndarray):
         """Fast R-CNN on the shared features: RoI pooling of ``rois [R, 5]`` -> fc6, fc7
         -> (cls_score ``[R, K+1]``, bbox_pred ``[R, 4(K+1)]``)."""
-        return self.fast.classify(self.fast.roi_pool.forward(features, rois))
+        return self.fast.forward_head(features, rois)
 
     def backward(self, dcls, dbbox, drpn_scores, drpn_deltas) -> None:
         """Both losses' gradients meet on the shared feature map (approximate joint

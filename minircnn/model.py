@@ -316,6 +316,11 @@ class FastRCNN(_Network):
         x1, y1, x2, y2 in input pixels) -> (cls_score ``[R, K+1]``, bbox_pred ``[R, 4(K+1)]``).
         """
         features = self.backbone.forward(images)  # [N, C, H/s, W/s], once per image
+        return self.forward_head(features, rois)
+
+    def forward_head(self, features: np.ndarray, rois: np.ndarray):
+        """The part after the convs: RoI pooling of ``rois [R, 5]`` on ``features [N, C,
+        H/s, W/s]`` -> fc6, fc7 -> (cls_score ``[R, K+1]``, bbox_pred ``[R, 4(K+1)]``)."""
         pooled = self.roi_pool.forward(features, rois)  # [R, C, P, P], per RoI
         return self.classify(pooled)
 
