@@ -14,6 +14,15 @@ Multi-scale testing (section 5.2) runs the image pyramid and pools each RoI at t
 where its scaled area is closest to the network's preferred RoI area (224^2 for VGG16;
 here the pre-training crop size squared).
 
+Test-time augmentation (``tta_options``, what ``python -m minircnn.evaluate`` and
+``python -m minircnn.detect`` do by default with selective-search proposals): the proposals
+are scored at two scales (the training one and 1.5 times it, each RoI pooled at one of
+them as above), and again on the mirrored image (``flip``: training flips too), the two
+views' probabilities and boxes averaged; then box voting (``vote``, below). Neither paper
+tests this way: ``detect`` itself runs the paper's single pass unless asked. On val
+(models trained on train, seeds 0 to 4) it raised mAP@0.5 from 0.856 to 0.879 (AP on
+small objects 0.850 to 0.900) for about four times the head's work per image.
+
 Refinement (``refine``, on by default for a Faster R-CNN): iterative localisation and box
 voting, after Gidaris and Komodakis (ICCV 2015, section 5), which neither Fast nor Faster
 R-CNN does. The head scores the regressed box of each proposal whose best class reaches
@@ -43,7 +52,7 @@ from minircnn.data.image import Preprocessing
 from minircnn.faster_rcnn import FasterRCNN
 from minircnn.layers.losses import softmax
 from minircnn.model import FastRCNN
-from minircnn.ops.boxes import bbox_decode, box_area, box_iou, clip_boxes
+from minircnn.ops.boxes import bbox_decode, box_area, box_iou, clip_boxes, flip_boxes
 from minircnn.ops.nms import batched_nms
 
 
@@ -110,6 +119,8 @@ def detect(
     max_per_image=100,
     scales=None,
     refine: bool | None = None,
+    flip: bool = False,
+    vote: bool | None = None,
 ) -> Detections:
     """Detect objects in ``image`` (uint8 RGB [H, W, 3]) given ``proposals`` [P, 4] in
     original pixels, or (None, for a Faster R-CNN) with the model's own RPN proposals.
@@ -117,19 +128,25 @@ def detect(
     ``scales``: shorter-side lengths for multi-scale testing (None: the single training
     scale); with given proposals only. ``refine``: a second pass of the head and box
     voting (module docstring; single scale only); None: on for a Faster R-CNN with its own
-    proposals, off otherwise, as chosen on val.
+    proposals, off otherwise, as chosen on val. ``flip``: the proposals scored on the
+    mirrored image too, and averaged (given proposals only). ``vote``: box voting after
+    NMS; None: as ``refine``. The defaults are the paper's single pass;
+    ``tta_options`` gives the command line's.
     """
     refine = refines(detector, refine, proposals_given=proposals is not None)
     if proposals is not None:
-        scores, boxes = score_proposals(detector, image, proposals, scales, refine)
+        scores, boxes = score_proposals(detector, image, proposals, scales, refine, flip)
     elif detector.uses_rpn:
         if scales and len(scales) > 1:
             raise ValueError("detect: multi-scale testing needs given proposals, not the RPN's")
+        if flip:
+            raise ValueError("detect: mirrored testing needs given proposals, not the RPN's")
         short_side = scales[0] if scales else None
         scores, boxes = score_rpn_proposals(detector, image, short_side, refine)
     else:
         raise ValueError("detect: a Fast R-CNN needs proposals (it has no RPN)")
-    return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image, refine)
+    vote = refine if vote is None else vote
+    return postprocess(scores, boxes, score_threshold, nms_threshold, max_per_image, vote)
 
 
 def refines(detector: Detector, refine: bool | None, proposals_given: bool) -> bool:
@@ -150,6 +167,48 @@ def add_refine_argument(parser) -> None:
         default="auto",
         help="a second pass of the head and box voting (minircnn.detect); auto: on for a "
         "Faster R-CNN with its own proposals, off otherwise",
+    )
+
+
+TTA_MODES = ("auto", "on", "off")  # --tta
+
+
+def tta_options(
+    detector: Detector, tta: str = "auto", refine: bool | None = None, scales=None
+) -> dict:
+    """``detect``'s keyword arguments for the command line's ``--tta``, ``--refine`` and
+    ``--scales`` (a Fast R-CNN gets selective search's proposals, a Faster R-CNN makes its
+    own). ``tta`` "on" (module docstring): scales (s, 1.5 s) for the training scale s,
+    ``flip`` and ``vote``; "off": the paper's single pass; "auto", the default: "on" for
+    a Fast R-CNN and "off" for a Faster R-CNN (its RPN proposes at one scale, unmirrored,
+    and its refinement votes) or when ``refine`` is asked for (it re-scores one unmirrored
+    scale). ``scales`` replace the augmentation's. A combination that cannot run is a
+    ``cli.UsageError``."""
+    if tta not in TTA_MODES:
+        raise cli.UsageError(f"--tta {tta}: one of {', '.join(TTA_MODES)}")
+    if tta == "auto":
+        tta = "off" if detector.uses_rpn or refine else "on"
+    options = {}
+    if tta == "on":
+        if detector.uses_rpn:
+            raise cli.UsageError("--tta on: for given proposals, not a Faster R-CNN's own")
+        if refine:
+            raise cli.UsageError("--tta on: refinement re-scores one scale (add --refine off)")
+        short_side = detector.preprocessing.short_side
+        options = {"scales": [short_side, round(1.5 * short_side)], "flip": True, "vote": True}
+    if scales:
+        options["scales"] = list(scales)
+    return options
+
+
+def add_tta_argument(parser) -> None:
+    """``--tta auto|on|off``, as ``evaluate`` and ``detect`` take it (``tta_options``)."""
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="auto",
+        help="test-time augmentation: two scales, the mirrored image and box voting "
+        "(minircnn.detect); auto: on with selective-search proposals, off for an RPN model",
     )
 
 
@@ -187,22 +246,45 @@ def score_rpn_proposals(
     return probs, boxes
 
 
-def score_proposals(detector: Detector, image, proposals, scales=None, refine: bool = False):
+def score_proposals(
+    detector: Detector, image, proposals, scales=None, refine: bool = False, flip: bool = False
+):
     """Class probabilities [P, K+1] and class-specific boxes [P, 4(K+1)] (clipped, in
-    original pixels) for every proposal. ``refine``: then ``second_pass`` (one scale)."""
+    original pixels) for every proposal. ``flip``: the mean of those for the image and for
+    its mirror (the mirrored proposals scored there, their boxes mirrored back).
+    ``refine``: then ``second_pass`` (one scale, unmirrored)."""
     model, pre = detector.model.eval(), detector.preprocessing
     fast = model.fast  # a Faster R-CNN's head scores any given boxes too
     height, width = image.shape[:2]
     proposals = np.asarray(proposals, dtype=np.float32).reshape(-1, 4)
     factors = [pre.scale(height, width, s) for s in (scales or [pre.short_side])]
-    if refine and len(factors) > 1:
-        raise ValueError("score_proposals: refinement is for single-scale testing")
+    if refine and (len(factors) > 1 or flip):
+        raise ValueError("score_proposals: refinement is for single-scale, unmirrored testing")
+    cls_score, bbox_pred, features = _score_pyramid(fast, pre, image, proposals, factors)
+    probs, boxes = decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
+    if flip:  # the same boxes on the mirrored image, as training sees half its images
+        mirrored = flip_boxes(proposals, width)
+        outputs = _score_pyramid(fast, pre, image, mirrored, factors, flip=True)[:2]
+        probs2, boxes2 = decode_outputs(pre, *outputs, mirrored, height, width)
+        unmirrored = flip_boxes(boxes2.reshape(-1, 4), width).reshape(boxes.shape)
+        probs, boxes = (probs + probs2) / 2, (boxes + unmirrored) / 2
+    if refine and len(proposals):  # one scale: level 0
+        head = partial(_head_on_boxes, fast, features[0], factors[0])
+        probs, boxes = second_pass(pre, head, probs, boxes, height, width)
+    return probs, boxes
+
+
+def _score_pyramid(fast: FastRCNN, pre: Preprocessing, image, proposals, factors, flip=False):
+    """The head's raw outputs (cls_score [P, K+1], bbox_pred [P, 4(K+1)]) for proposals
+    [P, 4] in original pixels (of the mirrored image if ``flip``), each pooled at the scale
+    factor where its area is nearest the preferred one; and the feature maps computed,
+    {level: [1, C, h, w]}."""
     # section 5.2: pool each RoI at the scale where its area is closest to the preferred
     # one (224^2 for VGG16; here the pre-training crop size squared)
-    target = model.config.crop_size**2
+    target = fast.config.crop_size**2
     scaled_areas = box_area(proposals)[:, None] * np.square(factors)[None, :]  # [P, scales]
     level = np.argmin(np.abs(scaled_areas - target), axis=1)
-    k1 = model.config.num_classes + 1
+    k1 = fast.config.num_classes + 1
     cls_score = np.zeros((len(proposals), k1), dtype=np.float32)
     bbox_pred = np.zeros((len(proposals), 4 * k1), dtype=np.float32)
     features = {}  # level -> the feature map [1, C, h, w] at that scale
@@ -210,13 +292,9 @@ def score_proposals(detector: Detector, image, proposals, scales=None, refine: b
         idx = np.flatnonzero(level == lv)
         if len(idx) == 0:
             continue
-        features[lv] = fast.backbone.forward(pre.network_input(image, s)[None])
+        features[lv] = fast.backbone.forward(pre.network_input(image, s, flip)[None])
         cls_score[idx], bbox_pred[idx] = _head_on_boxes(fast, features[lv], s, proposals[idx])
-    probs, boxes = decode_outputs(pre, cls_score, bbox_pred, proposals, height, width)
-    if refine and len(proposals):  # one scale: level 0
-        head = partial(_head_on_boxes, fast, features[0], factors[0])
-        probs, boxes = second_pass(pre, head, probs, boxes, height, width)
-    return probs, boxes
+    return cls_score, bbox_pred, features
 
 
 def _head_on_boxes(fast: FastRCNN, features, scale: float, boxes):
@@ -347,10 +425,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=cli.jobs, default=-1, help="selective-search workers")
     parser.add_argument("--scheduler", help="selective search on Dask: 'local' or tcp://HOST:8786")
     add_refine_argument(parser)
+    add_tta_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     refine = REFINE_MODES[args.refine]
     detector = load_detector(args.checkpoint)
+    options = tta_options(detector, args.tta, refine)
     images = ImageFolder(args.images)
     proposals = [None] * len(images)  # Faster R-CNN: its own RPN's
     if not detector.uses_rpn:
@@ -366,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for i in ProgressBar(range(len(images)), desc="detect", enabled=not args.quiet):
         image = images.load_image(i)
-        dets = detect(detector, image, proposals[i], refine=refine)
+        dets = detect(detector, image, proposals[i], refine=refine, **options)
         results.append(dets)
         show = dets.scores >= args.score_threshold
         fig, ax = plt.subplots(figsize=(5, 5 * image.shape[0] / image.shape[1]))

@@ -11,9 +11,11 @@ Per class (matching: minircnn.evaluation.ap): AP at IoU 0.5, VOC07 11-point and 
 (VOC2010+); area AP at IoU 0.5:0.05:0.95 and their mean (COCO-style); area AP at IoU 0.5
 for small / medium / large objects (box area < 32^2 <= medium < 64^2 px <= large). mAP is
 the mean over classes. False positives per image by cause, localisation / confusion /
-background (Hoiem et al. 2012; minircnn.evaluation.diagnosis). A Faster R-CNN's detections
-are refined by default (``--refine``: a second pass of the head and box voting,
-minircnn.detect). Writes eval.json, pr.png, fp_causes.png and detections.png under
+background (Hoiem et al. 2012; minircnn.evaluation.diagnosis). A Fast R-CNN's proposals
+are scored with test-time augmentation by default (``--tta``: two scales, the mirrored
+image, box voting; ``--tta off`` for the paper's single pass), a Faster R-CNN's detections
+are refined (``--refine``: a second pass of the head and box voting; minircnn.detect
+explains both). Writes eval.json, pr.png, fp_causes.png and detections.png under
 runs/<run>/eval_<split>/ (or runs/<--name>/).
 """
 
@@ -185,7 +187,14 @@ def main(argv: list[str] | None = None) -> dict:
     returns the results. The checkpoint, data set and arguments are checked first."""
     from minircnn.checkpoint import CheckpointError
     from minircnn.data.voc import UnknownClassError
-    from minircnn.detect import REFINE_MODES, add_refine_argument, load_detector, refines
+    from minircnn.detect import (
+        REFINE_MODES,
+        add_refine_argument,
+        add_tta_argument,
+        load_detector,
+        refines,
+        tta_options,
+    )
     from minircnn.proposals.cache import load_or_compute
 
     parser = cli.ArgumentParser(prog="python -m minircnn.evaluate", description=__doc__)
@@ -205,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         "--scales", type=cli.scales, help="comma-separated shorter sides for multi-scale testing"
     )
     add_refine_argument(parser)
+    add_tta_argument(parser)
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     refine = REFINE_MODES[args.refine]
@@ -213,6 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         cli.check_scales(args.scales, detector.model.config)
         if refine and len(args.scales) > 1:
             raise cli.UsageError("--refine on: single-scale testing only (drop --scales)")
+    options = tta_options(detector, args.tta, refine, args.scales)
     if args.svd_rank:
         detector = detector.compressed(args.svd_rank)
     try:
@@ -227,11 +238,13 @@ def main(argv: list[str] | None = None) -> dict:
         proposals = load_or_compute(dataset, progress=not args.quiet)
         timed = "detection; selective-search proposals cached"
     results, per_image = evaluate_model(
-        detector, dataset, proposals, progress=not args.quiet, scales=args.scales, refine=refine
+        detector, dataset, proposals, progress=not args.quiet, refine=refine, **options
     )
     results["refine"] = refines(detector, refine, proposals_given=proposals is not None)
+    results["test_time"] = options
     print_table(results)
-    print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image ({timed})")
+    augmented = f", scales {options['scales']}, mirrored, voted" if options.get("flip") else ""
+    print(f"{results['seconds_per_image'] * 1e3:.1f} ms per image ({timed}{augmented})")
     run = Path(args.checkpoint).parent.name
     out_dir = Path("runs") / (args.name or f"{run}/eval_{args.split}")  # val and test apart
     out_dir.mkdir(parents=True, exist_ok=True)

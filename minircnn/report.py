@@ -5,7 +5,8 @@
 
 The protocol (Fast R-CNN's, and every detection benchmark's): defaults were chosen on the
 ``val`` split with models trained on ``train``; here the defaults are trained on
-``trainval`` once per seed and evaluated on ``test``, which nothing was tuned on. Writes
+``trainval`` once per seed and evaluated on ``test``, which nothing was tuned on, as
+``python -m minircnn.evaluate`` does by default (with test-time augmentation). Writes
 ``runs/report/results_data<data seed>.json`` and ``.md`` (the table the README quotes).
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 from minircnn import cli
 from minircnn.data import toyvoc
 from minircnn.data.voc import VOCDataset
-from minircnn.detect import load_detector
+from minircnn.detect import load_detector, tta_options
 from minircnn.evaluate import evaluate_model, evaluation_dataset
 from minircnn.pretrain import PretrainConfig
 from minircnn.proposals.cache import load_or_compute
@@ -42,9 +43,9 @@ def train_and_test(root: str, seed: int, run_dir: Path) -> dict:
     )
     train_s = time.perf_counter() - t0
     test = evaluation_dataset(root, split="test")
-    results, _ = evaluate_model(
-        load_detector(trainer.checkpoint_path), test, load_or_compute(test, progress=False), False
-    )
+    detector = load_detector(trainer.checkpoint_path)
+    proposals = load_or_compute(test, progress=False)
+    results, _ = evaluate_model(detector, test, proposals, False, **tta_options(detector))
     return {
         "map07": results["map07"],
         "map": results["map"],

@@ -76,6 +76,9 @@ CASES = [
     ("evaluate", "--checkpoint good.npz --root toy --scales 3,64", "--scales 3,64"),
     ("evaluate", "--checkpoint good.npz --root toy --scales 64,96 --refine on", "--refine on"),
     ("evaluate", "--checkpoint good.npz --root toy --refine always", "--refine"),
+    ("evaluate", "--checkpoint good.npz --root toy --tta sometimes", "--tta"),
+    ("evaluate", "--checkpoint good.npz --root toy --tta on --refine on", "--tta on"),
+    ("evaluate", "--checkpoint rpn.npz --root toy --tta on", "--tta on"),
     ("evaluate", "--checkpoint missing.npz --root toy", "missing.npz"),
     ("evaluate", "--checkpoint toy --root toy", "toy"),
     ("evaluate", "--checkpoint truncated.npz --root toy", "truncated.npz"),
@@ -90,6 +93,7 @@ CASES = [
     ("detect", "--checkpoint good.npz nothere.jpg", "nothere.jpg"),
     ("detect", "--checkpoint good.npz img.jpg --score-threshold 1.5", "--score-threshold"),
     ("detect", "--checkpoint good.npz img.jpg --refine yes", "--refine"),
+    ("detect", "--checkpoint rpn.npz img.jpg --tta on", "--tta on"),
     # the other commands
     ("proposals", "--root toy --jobs 0", "--jobs"),
     ("bench", "--sections nope", "--sections"),

@@ -3,8 +3,17 @@
 import numpy as np
 import pytest
 
+from minircnn.cli import UsageError
 from minircnn.data.image import Preprocessing
-from minircnn.detect import Detector, box_voting, detect, score_proposals, second_pass
+from minircnn.detect import (
+    Detector,
+    box_voting,
+    detect,
+    postprocess,
+    score_proposals,
+    second_pass,
+    tta_options,
+)
 from minircnn.layers import Linear
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.ops.boxes import box_iou
@@ -31,8 +40,11 @@ def random_scene(seed, n=300):
     return image, proposals
 
 
-@pytest.mark.parametrize(("scales", "refine"), [(None, False), ([48, 80], False), (None, True)])
-def test_detection_contract(scales, refine):
+@pytest.mark.parametrize(
+    ("scales", "refine", "flip"),
+    [(None, False, False), ([48, 80], False, False), (None, True, False), ([48, 80], False, True)],
+)
+def test_detection_contract(scales, refine, flip):
     image, proposals = random_scene(1)
     dets = detect(
         tiny_detector(),
@@ -42,6 +54,8 @@ def test_detection_contract(scales, refine):
         max_per_image=50,
         scales=scales,
         refine=refine,
+        flip=flip,
+        vote=refine or flip,
     )
     assert dets.boxes.dtype == np.float32 and dets.scores.dtype == np.float32
     assert dets.labels.dtype == np.int64 and dets.boxes.shape == (len(dets.scores), 4)
@@ -54,7 +68,7 @@ def test_detection_contract(scales, refine):
         same = dets.boxes[dets.labels == k]
         iou = box_iou(same, same)
         # per-class NMS at 0.3; box voting moves the boxes after it
-        assert refine or np.all(iou[~np.eye(len(same), dtype=bool)] <= 0.3)
+        assert refine or flip or np.all(iou[~np.eye(len(same), dtype=bool)] <= 0.3)
 
 
 def test_multi_scale_pools_each_roi_at_the_scale_nearest_the_crop_area():
@@ -210,3 +224,55 @@ def test_refinement_is_off_by_default_for_fast_rcnn_and_refuses_a_pyramid():
     np.testing.assert_array_equal(default.boxes, plain.boxes)
     with pytest.raises(ValueError, match="single-scale"):
         detect(tiny_detector(), image, proposals, scales=[48, 80], refine=True)
+
+
+def mirror_back(boxes, width):
+    """Class-specific boxes [P, 4(K+1)] of a mirrored image, in the original's pixels."""
+    out = boxes.copy()
+    out[:, 0::4], out[:, 2::4] = width - 1 - boxes[:, 2::4], width - 1 - boxes[:, 0::4]
+    return out
+
+
+def test_mirrored_testing_averages_the_image_and_its_mirror():
+    # by hand: the mirrored image is the array reversed along x, a proposal (x1, x2) of a
+    # 90 px wide image is (89 - x2, 89 - x1) there, and its boxes mirror back the same way
+    image, proposals = random_scene(3, n=40)
+    detector = tiny_detector()
+    probs, boxes = score_proposals(detector, image, proposals)
+    mirrored = proposals.copy()
+    mirrored[:, 0], mirrored[:, 2] = 89 - proposals[:, 2], 89 - proposals[:, 0]
+    probs_m, boxes_m = score_proposals(detector, image[:, ::-1].copy(), mirrored)
+    both_probs, both_boxes = score_proposals(detector, image, proposals, flip=True)
+    np.testing.assert_allclose(both_probs, (probs + probs_m) / 2, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(both_boxes, (boxes + mirror_back(boxes_m, 90)) / 2, atol=1e-3)
+    assert not np.allclose(probs, probs_m)  # the two views differ: the mean is not a copy
+    # both views averaged: mirroring the input mirrors the output and nothing else
+    probs_mm, boxes_mm = score_proposals(detector, image[:, ::-1].copy(), mirrored, flip=True)
+    np.testing.assert_allclose(probs_mm, both_probs, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(mirror_back(boxes_mm, 90), both_boxes, atol=1e-3)
+
+
+def test_vote_follows_refine_unless_given():
+    image, proposals = random_scene(2)
+    detector = tiny_detector()
+    scores, boxes = score_proposals(detector, image, proposals)
+    voted = detect(detector, image, proposals, score_threshold=0.0, vote=True)
+    want = postprocess(scores, boxes, score_threshold=0.0, vote=True)
+    np.testing.assert_array_equal(voted.boxes, want.boxes)
+    plain = detect(detector, image, proposals, score_threshold=0.0)
+    np.testing.assert_array_equal(plain.boxes, postprocess(scores, boxes, 0.0).boxes)
+    assert not np.array_equal(voted.boxes, plain.boxes)
+
+
+def test_tta_options_of_the_command_line():
+    fast = tiny_detector()  # trained at shorter side 64
+    on = {"scales": [64, 96], "flip": True, "vote": True}
+    assert tta_options(fast) == on == tta_options(fast, "on")
+    assert tta_options(fast, "auto", refine=True) == {}  # refinement: one view
+    assert tta_options(fast, "off") == {}
+    assert tta_options(fast, "off", scales=[48, 80]) == {"scales": [48, 80]}
+    assert tta_options(fast, "auto", scales=[80]) == {**on, "scales": [80]}
+    with pytest.raises(UsageError, match="--tta on"):
+        tta_options(fast, "on", refine=True)
+    with pytest.raises(UsageError, match="--tta often"):
+        tta_options(fast, "often")
