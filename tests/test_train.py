@@ -14,7 +14,7 @@ from minircnn.layers.losses import MultiTaskLoss
 from minircnn.model import Classifier, FastRCNN, ModelConfig
 from minircnn.optim import SGD, SGDConfig
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
-from minircnn.train import TrainConfig, Trainer, TrainingDiverged
+from minircnn.train import TrainConfig, Trainer, TrainingDiverged, faster_rcnn_schedule
 
 SMALL = ModelConfig(
     num_classes=5,
@@ -311,3 +311,13 @@ def test_multi_scale_training_draws_from_the_scales(toy):
         sampler.batch([0, 1])
     sizes = {min(im.shape[1:]) for im, _ in sampler._images.values()}
     assert sizes == {64, 128}  # both scales were used and cached
+
+
+def test_default_schedules_in_iterations_on_the_tiny_trainval():
+    # 200 trainval images, N = 2 per mini-batch: 100 iterations an epoch. Fast R-CNN: 1600
+    # iterations, the drop after 1400; Faster R-CNN, whose step also runs the RPN: 1200, 900
+    per_epoch = 200 // 2
+    fast, faster = TrainConfig(), faster_rcnn_schedule()
+    assert (fast.epochs * per_epoch, fast.lr_step_epochs[0] * per_epoch) == (1600, 1400)
+    assert (faster.epochs * per_epoch, faster.lr_step_epochs[0] * per_epoch) == (1200, 900)
+    assert faster.sgd == fast.sgd and faster.seed == fast.seed  # only the length differs

@@ -21,7 +21,13 @@ proposal network on the same feature map (approximate joint training, ``train.jo
 from minircnn.train.command import main, report_timing
 from minircnn.train.fit import fit
 from minircnn.train.joint import JointTrainer
-from minircnn.train.trainer import StepResult, TrainConfig, Trainer, TrainingDiverged
+from minircnn.train.trainer import (
+    StepResult,
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    faster_rcnn_schedule,
+)
 
 __all__ = [
     "JointTrainer",
@@ -29,6 +35,7 @@ __all__ = [
     "TrainConfig",
     "Trainer",
     "TrainingDiverged",
+    "faster_rcnn_schedule",
     "fit",
     "main",
     "report_timing",

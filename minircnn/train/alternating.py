@@ -10,7 +10,7 @@ training, ``train.joint``, is the other, and our default):
    heads) on step 3's proposals.
 
 After step 3 the two networks share step 2's convs, so the result is one ``FasterRCNN``.
-Each step runs the whole fine-tuning schedule (by default ``TrainConfig()``); the
+Each step runs the whole fine-tuning schedule (by default ``faster_rcnn_schedule()``); the
 proposals of steps 2 and 4 come from a fixed RPN (step 1's in step 2, step 3's in step 4)
 as each batch is drawn, on the image as the step sees it (scaled, perhaps mirrored), and
 are constants, as in joint training.

@@ -19,6 +19,7 @@ from minircnn.train.trainer import (
     TrainConfig,
     Trainer,
     TrainingDiverged,
+    faster_rcnn_schedule,
     read_resume_state,
 )
 
@@ -86,16 +87,17 @@ def build_parser() -> cli.ArgumentParser:
         "alternating training)",
     )
     run.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    faster = faster_rcnn_schedule()
     run.add_argument(
         "--epochs",
         type=cli.positive_int,
-        help=f"default {TrainConfig.epochs}",
+        help=f"default {TrainConfig.epochs} ({faster.epochs} with --proposals rpn)",
     )
     run.add_argument(
         "--lr-drop",
         type=cli.positive_int,
         help="epoch after which the learning rate drops 10x (default "
-        f"{TrainConfig.lr_step_epochs[0]})",
+        f"{TrainConfig.lr_step_epochs[0]}; {faster.lr_step_epochs[0]} with --proposals rpn)",
     )
     run.add_argument(
         "--lr", type=cli.positive_finite_float, help=f"learning rate (default {TrainConfig.sgd.lr})"
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny == bool(args.voc_root):
         parser.error("give exactly one of --tiny or --voc-root")
     rpn = args.proposals == "rpn"
-    defaults = TrainConfig()
+    defaults = faster_rcnn_schedule() if rpn else TrainConfig()
     epochs = args.epochs or defaults.epochs
     if args.lr_drop is not None and args.lr_drop > epochs:
         parser.error(f"argument --lr-drop: {args.lr_drop} is after the last epoch ({epochs})")

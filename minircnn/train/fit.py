@@ -17,7 +17,7 @@ from minircnn.pretrain import PretrainConfig, load_or_pretrain
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
 from minircnn.train.alternating import train_alternating
 from minircnn.train.joint import JointTrainer
-from minircnn.train.trainer import TrainConfig, Trainer, scaled_schedule
+from minircnn.train.trainer import TrainConfig, Trainer, faster_rcnn_schedule, scaled_schedule
 
 
 def fit(
@@ -41,7 +41,7 @@ def fit(
     """The whole training procedure on ``dataset``: proposals (cached), pixel statistics,
     classifier pre-training (cached) and conversion (section 2.2), then fine-tuning into
     ``run_dir``. Configs left at None take their defaults (the schedule: ``TrainConfig()``,
-    for either network); ``image_sizes`` may set
+    or ``faster_rcnn_schedule()`` with an ``rpn_config``); ``image_sizes`` may set
     Preprocessing's ``short_side`` / ``max_side``. Returns the Trainer (its ``model`` is
     the trained FastRCNN or FasterRCNN); ``trainer.wall`` holds the seconds each phase
     took. ``jobs`` and ``scheduler`` say where selective search runs
@@ -50,7 +50,8 @@ def fit(
     no selective search at all; by approximate joint training (``train.joint``), or with
     ``alternating`` by the 4-step alternating scheme (``train.alternating``; no resume).
     Raises TrainingDiverged, or SchedulerError for an unusable ``scheduler``."""
-    train_config = train_config or TrainConfig()
+    if train_config is None:  # each network's default schedule
+        train_config = TrainConfig() if rpn_config is None else faster_rcnn_schedule()
     pretrain_config = pretrain_config or PretrainConfig()
     sampler_config = sampler_config or SamplerConfig()
     proposal_config = proposal_config or ProposalConfig()
