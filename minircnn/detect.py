@@ -187,6 +187,11 @@ def tta_options(
     ``cli.UsageError``."""
     if tta not in TTA_MODES:
         raise cli.UsageError(f"--tta {tta}: one of {', '.join(TTA_MODES)}")
+    if scales and len(scales) > 1:
+        if refine:
+            raise cli.UsageError("--refine on: single-scale testing only (drop --scales)")
+        if detector.uses_rpn:
+            raise cli.UsageError("--scales: one scale for an RPN model (it proposes per scale)")
     if tta == "auto":
         tta = "off" if detector.uses_rpn or refine else "on"
     options = {}
@@ -209,7 +214,8 @@ def add_tta_argument(parser) -> None:
         choices=TTA_MODES,
         default="auto",
         help="test-time augmentation: two scales, the mirrored image and box voting "
-        "(minircnn.detect); auto: on with selective-search proposals, off for an RPN model",
+        "(minircnn.detect); auto: on with selective-search proposals, off for an RPN model "
+        "and with --refine on",
     )
 
 

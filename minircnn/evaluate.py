@@ -221,8 +221,6 @@ def main(argv: list[str] | None = None) -> dict:
     detector = load_detector(args.checkpoint)
     if args.scales:
         cli.check_scales(args.scales, detector.model.config)
-        if refine and len(args.scales) > 1:
-            raise cli.UsageError("--refine on: single-scale testing only (drop --scales)")
     options = tta_options(detector, args.tta, refine, args.scales)
     if args.svd_rank:
         detector = detector.compressed(args.svd_rank)
@@ -231,8 +229,6 @@ def main(argv: list[str] | None = None) -> dict:
     except UnknownClassError as err:
         raise CheckpointError(f"{args.checkpoint}: a model of other classes; {err}") from err
     if detector.uses_rpn:  # Faster R-CNN: proposals from its RPN, timed with detection
-        if args.scales and len(args.scales) > 1:
-            raise cli.UsageError("--scales: one scale for an RPN model (it proposes per scale)")
         proposals, timed = None, "detection including the RPN's proposals"
     else:
         proposals = load_or_compute(dataset, progress=not args.quiet)

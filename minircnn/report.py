@@ -30,9 +30,10 @@ from minircnn.train import TrainConfig, fit
 SIZES = ("small", "medium", "large")
 
 
-def train_and_test(root: str, seed: int, run_dir: Path) -> dict:
+def train_and_test(root: str, seed: int, run_dir: Path) -> tuple[dict, dict]:
     """Train the defaults on ``root``'s trainval with ``seed``, evaluate on test ->
-    {"map07", "map", "map_50_95", "small", "medium", "large", "train_s", "ms_per_image"}."""
+    ({"map07", "map", "map_50_95", "small", "medium", "large", "train_s", "ms_per_image"},
+    the test-time options used: ``detect.tta_options``, the command line's default)."""
     t0 = time.perf_counter()
     trainer = fit(
         VOCDataset(root, split="trainval"),
@@ -45,7 +46,8 @@ def train_and_test(root: str, seed: int, run_dir: Path) -> dict:
     test = evaluation_dataset(root, split="test")
     detector = load_detector(trainer.checkpoint_path)
     proposals = load_or_compute(test, progress=False)
-    results, _ = evaluate_model(detector, test, proposals, False, **tta_options(detector))
+    options = tta_options(detector)
+    results, _ = evaluate_model(detector, test, proposals, False, **options)
     return {
         "map07": results["map07"],
         "map": results["map"],
@@ -53,7 +55,7 @@ def train_and_test(root: str, seed: int, run_dir: Path) -> dict:
         **{size: results["map_by_size"][size] for size in SIZES},
         "train_s": train_s,
         "ms_per_image": 1e3 * results["seconds_per_image"],
-    }
+    }, options
 
 
 def markdown(rows: dict[int, dict]) -> str:
@@ -101,13 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(root) / "VOC2007" / "ImageSets" / "Main" / "test.txt").exists():
         toyvoc.generate(root, seed=args.data_seed, counts=toyvoc.TINY)
     out = Path(args.out)
-    rows = {}
+    rows, options = {}, {}
     for seed in args.seeds:
-        rows[seed] = train_and_test(root, seed, out / f"data{args.data_seed}_seed{seed}")
+        rows[seed], options = train_and_test(root, seed, out / f"data{args.data_seed}_seed{seed}")
         print(f"seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in rows[seed].items()))
     out.mkdir(parents=True, exist_ok=True)
     name = f"results_data{args.data_seed}"
-    (out / f"{name}.json").write_text(json.dumps({"root": root, "seeds": rows}, indent=1))
+    summary = {"root": root, "test_time": options, "seeds": rows}
+    (out / f"{name}.json").write_text(json.dumps(summary, indent=1))
     (out / f"{name}.md").write_text(markdown(rows))
     print(markdown(rows) + f"wrote {out}/{name}.json and {name}.md")
     return 0

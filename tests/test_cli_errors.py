@@ -48,7 +48,8 @@ CASES = [
     ("train", "--tiny --lr nan", "--lr"),
     ("train", "--tiny --epochs 4 --lr-drop 5", "--lr-drop"),
     ("train", "--tiny --lr-drop 0", "--lr-drop"),
-    # Faster R-CNN's default schedule is Fast R-CNN's 12 epochs
+    # the default schedules: Fast R-CNN's 16 epochs, Faster R-CNN's 12 (faster_rcnn_schedule)
+    ("train", "--tiny --lr-drop 17", "--lr-drop: 17 is after the last epoch (16)"),
     ("train", "--tiny --proposals rpn --lr-drop 13", "--lr-drop: 13 is after the last epoch (12)"),
     ("train", "--tiny --copy-paste 1.5", "--copy-paste"),
     ("train", "--tiny --max-images 0", "--max-images"),

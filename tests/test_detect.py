@@ -14,6 +14,7 @@ from minircnn.detect import (
     second_pass,
     tta_options,
 )
+from minircnn.faster_rcnn import FasterRCNN
 from minircnn.layers import Linear
 from minircnn.model import FastRCNN, ModelConfig
 from minircnn.ops.boxes import box_iou
@@ -262,6 +263,14 @@ def test_vote_follows_refine_unless_given():
     plain = detect(detector, image, proposals, score_threshold=0.0)
     np.testing.assert_array_equal(plain.boxes, postprocess(scores, boxes, 0.0).boxes)
     assert not np.array_equal(voted.boxes, plain.boxes)
+    refined, unvoted = (
+        detect(detector, image, proposals, score_threshold=0.0, refine=True, vote=vote)
+        for vote in (None, False)
+    )
+    scores2, boxes2 = score_proposals(detector, image, proposals, refine=True)
+    want_refined = postprocess(scores2, boxes2, score_threshold=0.0, vote=True)
+    np.testing.assert_array_equal(refined.boxes, want_refined.boxes)  # None: as refine
+    np.testing.assert_array_equal(unvoted.boxes, postprocess(scores2, boxes2, 0.0).boxes)
 
 
 def test_tta_options_of_the_command_line():
@@ -276,3 +285,13 @@ def test_tta_options_of_the_command_line():
         tta_options(fast, "on", refine=True)
     with pytest.raises(UsageError, match="--tta often"):
         tta_options(fast, "often")
+    with pytest.raises(UsageError, match="--refine on"):
+        tta_options(fast, "off", refine=True, scales=[48, 80])
+    faster = Detector(FasterRCNN(CONFIG).eval(), ("a", "b", "c"), PRE)
+    assert tta_options(faster) == {} and tta_options(faster, scales=[80]) == {"scales": [80]}
+    with pytest.raises(UsageError, match="--tta on"):
+        tta_options(faster, "on")
+    with pytest.raises(UsageError, match="--scales"):
+        tta_options(faster, scales=[48, 80])
+    with pytest.raises(ValueError, match="mirrored testing"):
+        detect(faster, random_scene(0)[0], flip=True)

@@ -321,3 +321,12 @@ def test_default_schedules_in_iterations_on_the_tiny_trainval():
     assert (fast.epochs * per_epoch, fast.lr_step_epochs[0] * per_epoch) == (1600, 1400)
     assert (faster.epochs * per_epoch, faster.lr_step_epochs[0] * per_epoch) == (1200, 900)
     assert faster.sgd == fast.sgd and faster.seed == fast.seed  # only the length differs
+
+
+def test_epochs_alone_keep_the_drop_at_its_place_in_the_schedule():
+    from minircnn.train.command import scaled_drop
+
+    fast, faster = TrainConfig(), faster_rcnn_schedule()
+    assert scaled_drop(fast, fast.epochs) == fast.lr_step_epochs[0]  # 14 of 16
+    assert scaled_drop(fast, 8) == 7 and scaled_drop(fast, 32) == 28  # the val protocol's
+    assert scaled_drop(faster, 24) == 18 and scaled_drop(fast, 1) == 1

@@ -8,7 +8,10 @@ time per image *including proposals*.
   (the split's cache) and the RPN's, ranked by objectness after NMS (up to
   ``RECALL_TOP_N``); one plot, ``recall.png``.
 - mAP@0.5 of each model with its own proposals: the Fast R-CNN with selective search's,
-  the Faster R-CNN with its RPN's (at its test top-N).
+  the Faster R-CNN with its RPN's (at its test top-N); each as the ``detect`` function
+  scores by default (one pass, the Faster R-CNN refined), not with the test-time
+  augmentation that ``python -m minircnn.evaluate`` adds for the Fast R-CNN, so that
+  both are timed and scored the same way.
 - Time per image, each method timed in a block of consecutive calls over the same
   images: selective search, Fast R-CNN on its boxes, R-CNN (one network pass per warped
   crop, same weights and boxes), and Faster R-CNN end to end.

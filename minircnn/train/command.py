@@ -97,7 +97,8 @@ def build_parser() -> cli.ArgumentParser:
         "--lr-drop",
         type=cli.positive_int,
         help="epoch after which the learning rate drops 10x (default "
-        f"{TrainConfig.lr_step_epochs[0]}; {faster.lr_step_epochs[0]} with --proposals rpn)",
+        f"{TrainConfig.lr_step_epochs[0]}; {faster.lr_step_epochs[0]} with --proposals rpn; "
+        "with --epochs alone, at the same fraction of the epochs)",
     )
     run.add_argument(
         "--lr", type=cli.positive_finite_float, help=f"learning rate (default {TrainConfig.sgd.lr})"
@@ -112,6 +113,13 @@ def build_parser() -> cli.ArgumentParser:
     return p
 
 
+def scaled_drop(defaults: TrainConfig, epochs: int) -> int:
+    """The learning-rate drop epoch for ``epochs`` when only they are given: at the same
+    fraction of the schedule as the default drop (rounded, at least 1), so that a shorter
+    or longer run still drops."""
+    return max(1, round(defaults.lr_step_epochs[0] * epochs / defaults.epochs))
+
+
 @cli.command
 def main(argv: list[str] | None = None) -> int:
     """Train as the command line says. Everything the user gave (numbers, data set,
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     rpn = args.proposals == "rpn"
     defaults = faster_rcnn_schedule() if rpn else TrainConfig()
     epochs = args.epochs or defaults.epochs
+    lr_drop = args.lr_drop or scaled_drop(defaults, epochs)
     if args.lr_drop is not None and args.lr_drop > epochs:
         parser.error(f"argument --lr-drop: {args.lr_drop} is after the last epoch ({epochs})")
     sampler_config = SamplerConfig()
@@ -195,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     train_config = replace(
         defaults,
         epochs=epochs,
-        lr_step_epochs=(args.lr_drop,) if args.lr_drop else defaults.lr_step_epochs,
+        lr_step_epochs=(lr_drop,),
         seed=args.seed,
         sgd=replace(defaults.sgd, lr=args.lr or defaults.sgd.lr),
     )
