@@ -98,6 +98,26 @@ def test_resume_matches_a_straight_run(toy, tmp_path):
     assert len(resumed.log) == len(straight.log)
 
 
+def test_stage_times_leave_out_the_first_iteration(toy, tmp_path):
+    """The first iteration in a process compiles the Numba kernels: report_timing's
+    per-iteration times must not include it."""
+    trainer = make_trainer(toy, tmp_path, epochs=2)
+    step = trainer.step
+
+    def first_step_slow(indices):
+        result = step(indices)
+        if trainer.steps_done == 0:  # as if compiling took 100 s in this iteration
+            trainer.timer.totals["conv_forward"] += 100.0
+        return result
+
+    trainer.step = first_step_slow
+    trainer.run(progress=False)
+    assert trainer.steps_done == trainer.iteration >= 2
+    assert trainer.timed_steps == trainer.steps_done - 1
+    assert 0 < sum(trainer.timer.totals.values()) < 100.0
+    assert trainer.flops > 0
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     path = save_checkpoint(tmp_path / "c.npz", FastRCNN(SMALL), {"classes": []})
     other = replace(SMALL, fc_dims=(16, 32))

@@ -251,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_timing(trainer: Trainer) -> None:
-    """Per-stage time per iteration, the arithmetic rate, and the recent loss terms."""
+    """Per-stage time per iteration, the arithmetic rate, and the recent loss terms.
+
+    The times leave out this process's first iteration (Numba compiles the kernels there,
+    or loads them from its cache)."""
     stages = trainer.timer.totals
-    n = max(trainer.steps_done, 1)
+    n = max(trainer.timed_steps, 1)
     per_stage = ", ".join(f"{k} {1e3 * v / n:.1f} ms" for k, v in stages.items())
     print(f"time per iteration: {per_stage} (total {1e3 * sum(stages.values()) / n:.1f} ms)")
     achieved = trainer.flops / max(sum(stages.values()), 1e-9) / 1e9

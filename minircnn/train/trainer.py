@@ -107,8 +107,11 @@ class Trainer:
         self.loss = MultiTaskLoss(loc_weight=1.0)
         self.iteration, self.epoch, self.log = 0, 0, []
         self._saved = False  # whether checkpoint_path holds this run's state
-        self.flops, self.steps_done = 0.0, 0  # work done in this process (for the report)
-        # per-stage wall time, measured by wrapping the stages from outside
+        self.steps_done = 0  # iterations run by this process
+        # per-stage wall time and arithmetic of the timed iterations (all but this
+        # process's first, which includes Numba's compilation), for report_timing;
+        # the stages are timed by wrapping them from outside
+        self.flops, self.timed_steps = 0.0, 0
         self.timer = instrument_fast_rcnn(model, StageTimer())
         time_calls(self.timer, "sampling", sampler, "batch")
         time_calls(self.timer, "loss", self.loss, "forward", "backward")
@@ -161,6 +164,11 @@ class Trainer:
                 lr = self.optimizer.lr_at(self.iteration)
                 result = self.step(indices)
                 self.steps_done += 1
+                if self.steps_done == 1:  # it compiled the kernels: not a typical iteration
+                    self.timer.totals.clear()
+                    self.flops = 0.0
+                else:
+                    self.timed_steps += 1
                 self.log.append(_log_row(self.iteration - 1, epoch, result, lr))
                 rate = done * len(indices) / max(time.perf_counter() - t_epoch, 1e-9)
                 shown = {}
