@@ -11,9 +11,9 @@ import pytest
 from minircnn.data import toyvoc
 from minircnn.data.copy_paste import JITTERED_BOXES, paste_objects, resample_mask
 from minircnn.data.image import Preprocessing
-from minircnn.data.sampling import HierarchicalSampler, ImageView, SamplerConfig
+from minircnn.data.sampling import HierarchicalSampler, ImageView, SamplerConfig, _box_in_view
 from minircnn.data.voc import VOCDataset
-from minircnn.ops.boxes import box_iou, flip_boxes
+from minircnn.ops.boxes import flip_boxes
 
 
 def test_resample_mask_by_hand():
@@ -28,16 +28,24 @@ def test_resample_mask_by_hand():
     assert np.array_equal(up, np.kron(mask[1:5, 1:5], np.ones((2, 2), bool)))
 
 
+def _objects(height, width, *boxes):
+    """bool [G, height, width]: each object's pixels, the whole of its box (x1, y1, x2, y2)."""
+    visible = np.zeros((len(boxes), height, width), bool)
+    for mask, (x1, y1, x2, y2) in zip(visible, boxes, strict=True):
+        mask[y1 : y2 + 1, x1 : x2 + 1] = True
+    return visible
+
+
 def test_paste_objects_by_hand():
     image = np.zeros((3, 10, 12), np.float32)
-    gt = np.array([[0, 0, 4, 9]], np.float32)  # the left five columns are taken
+    visible = _objects(10, 12, (0, 0, 4, 9))  # the left five columns are an object
     patch = np.full((3, 3, 3), 7.0, np.float32)
     mask = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)  # a plus sign
-    pasted = paste_objects(image, gt, [(patch, mask, 4)], np.random.default_rng(0))
+    pasted = paste_objects(image, visible, [(patch, mask, 4)], np.random.default_rng(0), keep=1)
     assert pasted.labels.tolist() == [4]
     x1, y1, x2, y2 = pasted.boxes[0].astype(int)
     assert (x2 - x1 + 1, y2 - y1 + 1) == (3, 3)
-    assert box_iou(pasted.boxes, gt).max() < 0.05  # no annotated object is covered
+    assert visible.sum() == 50  # keep 1: no pixel of the object is covered
     inside = image[:, y1 : y2 + 1, x1 : x2 + 1]
     assert np.array_equal(inside, np.where(mask, 7.0, 0.0)[None].repeat(3, 0))  # mask only
     assert image.sum() == 3 * 7.0 * mask.sum()  # nothing outside the box changed
@@ -46,20 +54,49 @@ def test_paste_objects_by_hand():
 
 def test_paste_objects_leaves_out_what_has_no_room():
     image = np.zeros((3, 8, 8), np.float32)
-    gt = np.array([[0, 0, 7, 7]], np.float32)  # one object covers the whole image
+    visible = _objects(8, 8, (0, 0, 7, 7))  # one object covers the whole image
     patch, mask = np.ones((3, 2, 2), np.float32), np.ones((2, 2), bool)
-    pasted = paste_objects(image, gt, [(patch, mask, 1)], np.random.default_rng(0))
+    pasted = paste_objects(image, visible, [(patch, mask, 1)], np.random.default_rng(0), keep=1)
     assert len(pasted.boxes) == 0 and len(pasted.jittered) == 0 and not image.any()
+    # keep 0.5: the 2 x 2 object may cover 4 of its 64 pixels, which leave the view
+    pasted = paste_objects(image, visible, [(patch, mask, 1)], np.random.default_rng(0), keep=0.5)
+    x1, y1 = pasted.boxes[0, :2].astype(int)
+    assert visible.sum() == 60 and not visible[0, y1 : y1 + 2, x1 : x1 + 2].any()
 
 
-def test_a_pasted_box_never_covers_an_annotated_object():
-    image = np.zeros((3, 20, 20), np.float32)
-    gt = np.array([[9, 9, 10, 10]], np.float32)  # small, in the middle
-    patch, mask = np.ones((3, 15, 15), np.float32), np.ones((15, 15), bool)
-    # every 15 x 15 place in 20 x 20 covers the middle (IoU only 4/225: a threshold on IoU
-    # would let it hide the object)
-    pasted = paste_objects(image, gt, [(patch, mask, 1)], np.random.default_rng(0))
-    assert len(pasted.boxes) == 0 and not image.any()
+def test_a_pasted_object_hides_at_most_half_of_an_annotated_one():
+    # an object of 5 rows x 4 columns (20 pixels) at the left of a 5 x 8 image; a 4 x 4
+    # square pasted at column x hides 4 * (4 - x) of its pixels when x < 4: 16 and 12 leave
+    # fewer than 10 of the 20 (x = 0, 1), 8, 4 and 0 leave enough (x = 2, 3, 4)
+    patch, mask = np.ones((3, 4, 4), np.float32), np.ones((4, 4), bool)
+    columns = set()
+    for seed in range(40):
+        image, visible = np.zeros((3, 5, 8), np.float32), _objects(5, 8, (0, 0, 3, 4))
+        pasted = paste_objects(image, visible, [(patch, mask, 1)], np.random.default_rng(seed), 0.5)
+        x, y = pasted.boxes[0, :2].astype(int)
+        columns.add(x)
+        assert visible.sum() == 20 - 4 * max(4 - x, 0)
+        square = _objects(5, 8, (x, y, x + 3, y + 3))[0]
+        assert np.array_equal(visible[0], _objects(5, 8, (0, 0, 3, 4))[0] & ~square)
+    assert columns == {2, 3, 4}  # every allowed place is drawn, no other
+
+
+def test_pasted_objects_do_not_cover_one_another():
+    image, visible = np.zeros((3, 6, 6), np.float32), _objects(6, 6)
+    patch, mask = np.ones((3, 4, 4), np.float32), np.ones((4, 4), bool)
+    pasted = paste_objects(image, visible, [(patch, mask, 1)] * 2, np.random.default_rng(0), 1)
+    assert len(pasted.boxes) == 1  # any two 4 x 4 squares in 6 x 6 overlap
+
+
+def test_box_in_view_by_hand():
+    # input pixels twice the original's: input row/col i takes original pixel i // 2
+    rows, cols = np.arange(4) // 2, np.arange(6) // 2
+    visible = np.zeros((4, 6), bool)
+    visible[2:4, 4:6] = True  # the input's bottom-right 2 x 2 block
+    box = np.array([0, 0, 2, 1], np.float32)
+    assert _box_in_view(visible, False, rows, cols, box).tolist() == [2, 1, 2, 1]
+    # mirrored: that block is the unmirrored input's columns 0 and 1, original column 0
+    assert _box_in_view(visible, True, rows, cols, box).tolist() == [0, 1, 0, 1]
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +130,8 @@ def test_sampler_pastes_objects_as_new_ground_truth(toy):
     ds = VOCDataset(toy, split="train")
     sampler = _sampler(ds, 1.0)
     assert len(sampler.paste_bank) == sum(len(item.boxes) for item in ds)
-    grew = 0
-    for i in range(len(ds)):
+    grew = shrunk = 0
+    for i in list(range(len(ds))) * 4:  # several pastes per image
         flip = bool(i % 2)  # as view() would make it, before pasting
         view = ImageView(i, *sampler.image(i, flip=flip), flip, ds[i].boxes, ds[i].labels)
         cached = view.image.copy()
@@ -128,7 +165,35 @@ def test_sampler_pastes_objects_as_new_ground_truth(toy):
         )
         assert (max_iou[: len(gt_boxes)] == 1).all()  # the ground truth leads the candidates
         assert len(candidates) >= len(gt_boxes) + n_new * JITTERED_BOXES
+        shrunk += _check_partly_hidden(ds, i, view, new_view)
     assert grew >= len(ds) // 2  # most images had room for an object
+    assert shrunk >= 1  # some pasted object lay over an annotated one
+
+
+def _check_partly_hidden(ds, i, view, new_view) -> int:
+    """Each annotated object of image i keeps at least half its pixels on the input grid
+    (each input pixel taking the original pixel its centre falls in), and its box is the
+    tight box of the pixels the paste left unchanged. Returns how many boxes shrank."""
+    height, width = view.image.shape[1:]
+    rows = np.minimum(((np.arange(height) + 0.5) / view.scale).astype(int), ds[i].height - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) / view.scale).astype(int), ds[i].width - 1)
+    unchanged = (new_view.image == view.image).all(axis=0)  # [H', W'], the view's frame
+    if view.flip:
+        unchanged = unchanged[:, ::-1]  # to the unmirrored frame of rows and cols
+    shrunk = 0
+    for mask, old, new in zip(ds.load_masks(i), ds[i].boxes, new_view.boxes, strict=False):
+        on_grid = mask[rows][:, cols]
+        left = on_grid & unchanged
+        assert left.sum() >= 0.5 * on_grid.sum()
+        ys, xs = np.nonzero(left)
+        tight = [cols[xs.min()], rows[ys.min()], cols[xs.max()], rows[ys.max()]]
+        expected = np.concatenate([np.maximum(old[:2], tight[:2]), np.minimum(old[2:], tight[2:])])
+        if left.sum() < on_grid.sum():
+            assert new.tolist() == expected.tolist()
+            shrunk += new.tolist() != old.tolist()
+        else:
+            assert new.tolist() == old.tolist()  # nothing hidden, the annotation as it was
+    return shrunk
 
 
 def test_without_masks_copy_paste_is_off_unless_asked_for(toy, tmp_path):

@@ -10,18 +10,27 @@ neighbours. It needs each object's pixels, which VOC's ``SegmentationObject`` im
 (the toy set writes them for every image; the real VOC2007 for a subset).
 
 The pasted object keeps its scale (it is cut from the source image at the training scale,
-also under multi-scale training) and lands where its box overlaps no ground-truth box of
-the image nor an object pasted before it, so no annotated object gets hidden. Its box (the
-tight box of its resampled mask) joins the image's ground truth, and jittered copies of
-that box join the candidates the RoIs are sampled from, standing in for the proposals
-selective search would have made around it.
+also under multi-scale training) and lands in front: it may cover part of an annotated
+object, as the objects of the images themselves cover one another, but at most half of
+that object's pixels in view (``SamplerConfig.copy_paste_keep``), and no pixel of an object
+pasted before it.
+An object partly hidden keeps its label; its box shrinks to the tight box of what is left
+in view, as an annotator would draw it. The pasted object's box (the tight box of its
+resampled mask) joins the image's ground truth, and jittered copies of that box join the
+candidates the RoIs are sampled from, standing in for the proposals selective search would
+have made around it.
+
+Why in front, and not only where nothing is: the objects the detector misses most are those
+that overlap others (on val, 22 of the 33 objects that no detection found, over three
+models, had half their box or more inside another object's box, against 7% of all objects).
+Chosen on val (models trained on train, seeds 0 to 4, test-time augmentation): mAP@0.5
+0.890 when pasted objects had to keep clear of every annotated box, 0.902 when they may hide
+up to half of an object, higher on every seed.
 """
 
 from dataclasses import dataclass
 
 import numpy as np
-
-from minircnn.ops.boxes import box_iou
 
 JITTERED_BOXES = 30  # candidates around each pasted object
 PLACEMENT_TRIES = 10  # random positions tried before giving an object up
@@ -72,18 +81,24 @@ def jittered_candidates(
 
 
 def paste_objects(
-    image: np.ndarray, gt_boxes: np.ndarray, objects: list, rng: np.random.Generator
+    image: np.ndarray, visible: np.ndarray, objects: list, rng: np.random.Generator, keep: float
 ) -> Pasted:
-    """Paste ``objects`` into ``image`` (float32 [3, H, W], changed in place) where their
-    boxes overlap none of ``gt_boxes`` [G, 4] nor each other (not one pixel in common; an
-    object with no such place among ``PLACEMENT_TRIES`` random ones is left out).
+    """Paste ``objects`` into ``image`` (float32 [3, H, W], changed in place), each at a
+    random place where it hides at most ``1 - keep`` of any annotated object's pixels in
+    view and none of an object pasted before it (an object with no such place among
+    ``PLACEMENT_TRIES`` random ones is left out).
 
-    objects: (patch float32 [3, h, w], mask bool [h, w] with a pixel in its first and last
-    rows and columns, label) each, in the image's pixel scale. Returns the ``Pasted``
-    boxes, labels and jittered candidates (clipped to the image).
+    visible: bool [G, H, W], the pixels of the image's G annotated objects that are in
+    view; the pasted objects' pixels are cleared from it (changed in place). With ``keep``
+    1 no annotated pixel is covered. objects: (patch float32 [3, h, w], mask bool [h, w]
+    with a pixel in its first and last rows and columns, label) each, in the image's pixel
+    scale. Returns the ``Pasted`` boxes, labels and jittered candidates (clipped to the
+    image).
     """
     _, height, width = image.shape
-    taken = [np.asarray(gt_boxes, np.float32).reshape(-1, 4)]
+    in_view = visible.sum(axis=(1, 2))  # [G] pixels of each annotated object in view
+    least = keep * in_view  # ... and how many of them it keeps
+    pasted = np.zeros((height, width), bool)  # pixels of the objects pasted so far
     boxes, labels = [], []
     for patch, mask, label in objects:
         h, w = mask.shape
@@ -91,15 +106,17 @@ def paste_objects(
             continue
         for _ in range(PLACEMENT_TRIES):
             x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-            box = np.array([[x, y, x + w - 1, y + h - 1]], np.float32)
-            others = np.vstack(taken)
-            if len(others) == 0 or box_iou(box, others).max() == 0:  # IoU 0: disjoint
-                region = image[:, y : y + h, x : x + w]
-                region[:, mask] = patch[:, mask]
-                taken.append(box)
-                boxes.append(box[0])
-                labels.append(label)
-                break
+            window = np.s_[y : y + h, x : x + w]
+            hidden = (visible[:, y : y + h, x : x + w] & mask).sum(axis=(1, 2))  # [G]
+            if (pasted[window] & mask).any() or np.any(in_view - hidden < least):
+                continue
+            image[:, y : y + h, x : x + w][:, mask] = patch[:, mask]
+            visible[:, y : y + h, x : x + w] &= ~mask
+            in_view -= hidden
+            pasted[window] |= mask
+            boxes.append([x, y, x + w - 1, y + h - 1])
+            labels.append(label)
+            break
     boxes = np.array(boxes, np.float32).reshape(-1, 4)
     jittered = jittered_candidates(boxes, JITTERED_BOXES, height, width, rng)
     return Pasted(boxes, np.array(labels, np.int64), jittered)

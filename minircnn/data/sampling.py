@@ -50,6 +50,10 @@ class SamplerConfig:
     # from 0.806 to 0.845 (mean of 3 seeds; 0.5 and 2 objects: +0.02-0.04); 0 = off
     copy_paste: float = 1.0
     copy_paste_objects: int = 3
+    # a pasted object may hide up to 1 - copy_paste_keep of an annotated object's pixels
+    # (its box then shrinks to what is left in view); 1: it hides none. Chosen on val
+    # (copy_paste.py): mAP@0.5 0.890 with 1, 0.902 with 0.5
+    copy_paste_keep: float = 0.5
     # Faster R-CNN (RoIs sampled from the RPN's proposals, ``batch_from_proposals``):
     # jittered copies of each ground-truth box (``copy_paste.jitter_boxes``) join the
     # candidates beside the ground truth itself, which py-faster-rcnn adds; not in the
@@ -286,7 +290,8 @@ class HierarchicalSampler:
 
     def _paste(self, view: "ImageView") -> "ImageView":
         """``view`` with 1..copy_paste_objects objects of other training images pasted in
-        (``copy_paste.paste_objects``): a new view whose ground truth includes them and
+        (``copy_paste.paste_objects``): a new view whose ground truth includes them, with
+        the boxes of the objects they partly hide shrunk to what is left in view, and
         whose ``jittered`` boxes surround them (original pixels)."""
         objects = []
         for _ in range(int(self.rng.integers(1, self.config.copy_paste_objects + 1))):
@@ -308,13 +313,46 @@ class HierarchicalSampler:
             patch = source[:, y1:y2, x1:x2][tight]
             objects.append((patch, mask[tight[1:]], self.dataset[j].labels[k]))
         image = view.image.copy()  # the cached input stays as it is
-        pasted = paste_objects(image, self.gt_boxes(view), objects, self.rng)
-        boxes = np.vstack([view.boxes, self.to_original(view, pasted.boxes)])
+        visible, pixel_rows, pixel_cols = self._objects_in_view(view, image.shape[1:])
+        in_view = visible.sum(axis=(1, 2))
+        # without masks, no annotated pixel is covered: a box is not its object's outline
+        keep = self.config.copy_paste_keep if view.index in self.masks else 1.0
+        pasted = paste_objects(image, visible, objects, self.rng, keep)
+        own = view.boxes.copy()
+        for g in np.flatnonzero(visible.sum(axis=(1, 2)) < in_view):  # partly hidden now
+            own[g] = _box_in_view(visible[g], view.flip, pixel_rows, pixel_cols, own[g])
+        boxes = np.vstack([own, self.to_original(view, pasted.boxes)])
         labels = np.concatenate([view.labels, pasted.labels])
         jittered = self.to_original(view, pasted.jittered).astype(np.float32)
         return ImageView(
             view.index, image, view.scale, view.flip, boxes.astype(np.float32), labels, jittered
         )
+
+    def _objects_in_view(self, view: "ImageView", size: tuple[int, int]) -> tuple:
+        """The view's annotated objects' pixels on its input grid ``size`` (H', W'): bool
+        [G, H', W'] (mirrored if the view is), each input pixel taking the original pixel
+        its centre falls in; where the image has no masks, each object's whole box. Also
+        that original pixel's row [H'] and column [W'] (of the unmirrored image)."""
+        item = self.dataset[view.index]
+        rows = np.minimum((np.arange(size[0]) + 0.5) / view.scale, item.height - 1).astype(int)
+        cols = np.minimum((np.arange(size[1]) + 0.5) / view.scale, item.width - 1).astype(int)
+        if view.index in self.masks:
+            masks = self.masks[view.index]
+        else:
+            masks = np.zeros((len(item.boxes), item.height, item.width), bool)
+            for mask, (x1, y1, x2, y2) in zip(masks, item.boxes.astype(int), strict=True):
+                mask[y1 : y2 + 1, x1 : x2 + 1] = True
+        visible = masks[:, rows][:, :, cols]
+        return (visible[:, :, ::-1] if view.flip else visible).copy(), rows, cols
+
+
+def _box_in_view(visible: np.ndarray, flip: bool, rows, cols, box: np.ndarray) -> np.ndarray:
+    """The tight box [4] (original pixels, within the object's ``box``) of an object's
+    pixels in view, bool [H', W'] on a view's input grid (mirrored if ``flip``); ``rows``
+    [H'] and ``cols`` [W'] give each input pixel's original pixel."""
+    ys, xs = np.nonzero(visible[:, ::-1] if flip else visible)
+    seen = np.array([cols[xs.min()], rows[ys.min()], cols[xs.max()], rows[ys.max()]], np.float32)
+    return np.concatenate([np.maximum(box[:2], seen[:2]), np.minimum(box[2:], seen[2:])])
 
 
 @dataclass
