@@ -81,6 +81,27 @@ def test_a_pasted_object_hides_at_most_half_of_an_annotated_one():
     assert columns == {2, 3, 4}  # every allowed place is drawn, no other
 
 
+def test_several_pasted_objects_together_hide_at_most_half():
+    # an object filling the left half (10 x 10) of a 10 x 20 image; four 5 x 5 squares,
+    # each of which alone may hide 25 of its 100 pixels: together they keep 50 in view
+    patch, mask = np.ones((3, 5, 5), np.float32), np.ones((5, 5), bool)
+    stacked = 0
+    for seed in range(200):
+        image, visible = np.zeros((3, 10, 20), np.float32), _objects(10, 20, (0, 0, 9, 9))
+        pasted = paste_objects(
+            image, visible, [(patch, mask, 1)] * 4, np.random.default_rng(seed), 0.5
+        )
+        assert visible.sum() >= 50
+        stacked += (pasted.boxes[:, 0] < 10).sum() >= 2  # two or more on the object
+    assert stacked > 100
+
+
+def test_keep_outside_0_1_is_refused():
+    image, visible = np.zeros((3, 4, 4), np.float32), _objects(4, 4, (0, 0, 1, 1))
+    with pytest.raises(ValueError, match="keep"):
+        paste_objects(image, visible, [], np.random.default_rng(0), 0.0)
+
+
 def test_pasted_objects_do_not_cover_one_another():
     image, visible = np.zeros((3, 6, 6), np.float32), _objects(6, 6)
     patch, mask = np.ones((3, 4, 4), np.float32), np.ones((4, 4), bool)
@@ -194,6 +215,31 @@ def _check_partly_hidden(ds, i, view, new_view) -> int:
         else:
             assert new.tolist() == old.tolist()  # nothing hidden, the annotation as it was
     return shrunk
+
+
+def test_an_image_without_masks_has_no_annotated_pixel_covered(toy, tmp_path):
+    """Where an image has no mask file, its boxes stand in for its objects, and nothing
+    is pasted over them (a box is not its object's outline)."""
+    copy = tmp_path / "toy"
+    shutil.copytree(toy, copy)
+    ds = VOCDataset(copy, split="train")
+    bare = [0, 2, 4]
+    for i in bare:
+        ds.mask_path(i).unlink()
+    sampler = _sampler(ds, 1.0)
+    assert sampler.paste_bank and not set(bare) & set(sampler.masks)
+    pasted = 0
+    for i in bare * 8:
+        view = ImageView(i, *sampler.image(i), False, ds[i].boxes, ds[i].labels)
+        new_view = sampler._paste(view)
+        pasted += len(new_view.boxes) - len(ds[i].boxes)
+        assert np.array_equal(new_view.boxes[: len(ds[i].boxes)], ds[i].boxes)
+        changed = (new_view.image != view.image).any(axis=0)
+        for box in sampler.gt_boxes(view):  # inside every annotated box, nothing changed
+            x1, y1 = np.ceil(box[:2]).astype(int)  # input pixels whose centres surely fall
+            x2, y2 = np.floor(box[2:] + view.scale - 1).astype(int)  # in the box
+            assert not changed[y1 : y2 + 1, x1 : x2 + 1].any()
+    assert pasted > 0
 
 
 def test_without_masks_copy_paste_is_off_unless_asked_for(toy, tmp_path):

@@ -1,5 +1,6 @@
 """Training: SGD lowers the loss, overfitting, exact resume, refusal, NaN stop, sampling."""
 
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -14,7 +15,13 @@ from minircnn.layers.losses import MultiTaskLoss
 from minircnn.model import Classifier, FastRCNN, ModelConfig
 from minircnn.optim import SGD, SGDConfig
 from minircnn.proposals.cache import ProposalConfig, load_or_compute
-from minircnn.train import TrainConfig, Trainer, TrainingDiverged, faster_rcnn_schedule
+from minircnn.train import (
+    TrainConfig,
+    Trainer,
+    TrainingDiverged,
+    faster_rcnn_schedule,
+    report_timing,
+)
 
 SMALL = ModelConfig(
     num_classes=5,
@@ -98,7 +105,7 @@ def test_resume_matches_a_straight_run(toy, tmp_path):
     assert len(resumed.log) == len(straight.log)
 
 
-def test_stage_times_leave_out_the_first_iteration(toy, tmp_path):
+def test_stage_times_leave_out_the_first_iteration(toy, tmp_path, capsys):
     """The first iteration in a process compiles the Numba kernels: report_timing's
     per-iteration times must not include it."""
     trainer = make_trainer(toy, tmp_path, epochs=2)
@@ -116,6 +123,13 @@ def test_stage_times_leave_out_the_first_iteration(toy, tmp_path):
     assert trainer.timed_steps == trainer.steps_done - 1
     assert 0 < sum(trainer.timer.totals.values()) < 100.0
     assert trainer.flops > 0
+    report_timing(trainer)  # per timed iteration
+    total = float(re.search(r"\(total ([\d.]+) ms\)", capsys.readouterr().out).group(1))
+    expected = 1e3 * sum(trainer.timer.totals.values()) / trainer.timed_steps
+    assert total == pytest.approx(expected, abs=0.051)
+    trainer.timed_steps = 0  # one iteration only: nothing to divide by
+    report_timing(trainer)
+    assert "not timed" in capsys.readouterr().out
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):

@@ -84,17 +84,19 @@ def paste_objects(
     image: np.ndarray, visible: np.ndarray, objects: list, rng: np.random.Generator, keep: float
 ) -> Pasted:
     """Paste ``objects`` into ``image`` (float32 [3, H, W], changed in place), each at a
-    random place where it hides at most ``1 - keep`` of any annotated object's pixels in
-    view and none of an object pasted before it (an object with no such place among
-    ``PLACEMENT_TRIES`` random ones is left out).
+    random place where, together with the objects pasted before it, it hides at most
+    ``1 - keep`` of any annotated object's pixels in view, and none of those objects'
+    pixels (an object with no such place among ``PLACEMENT_TRIES`` random ones is left out).
 
     visible: bool [G, H, W], the pixels of the image's G annotated objects that are in
-    view; the pasted objects' pixels are cleared from it (changed in place). With ``keep``
-    1 no annotated pixel is covered. objects: (patch float32 [3, h, w], mask bool [h, w]
-    with a pixel in its first and last rows and columns, label) each, in the image's pixel
-    scale. Returns the ``Pasted`` boxes, labels and jittered candidates (clipped to the
-    image).
+    view; the pasted objects' pixels are cleared from it (changed in place). ``keep`` in
+    (0, 1]; with 1 no annotated pixel is covered. objects: (patch float32 [3, h, w], mask
+    bool [h, w] with a pixel in its first and last rows and columns, label) each, in the
+    image's pixel scale. Returns the ``Pasted`` boxes, labels and jittered candidates
+    (clipped to the image).
     """
+    if not 0 < keep <= 1:  # 0 would let an annotated object vanish under a paste
+        raise ValueError(f"paste_objects: keep must be in (0, 1], got {keep}")
     _, height, width = image.shape
     in_view = visible.sum(axis=(1, 2))  # [G] pixels of each annotated object in view
     least = keep * in_view  # ... and how many of them it keeps

@@ -253,17 +253,19 @@ def main(argv: list[str] | None = None) -> int:
 def report_timing(trainer: Trainer) -> None:
     """Per-stage time per iteration, the arithmetic rate, and the recent loss terms.
 
-    The times leave out this process's first iteration (Numba compiles the kernels there,
+    The times leave out the trainer's first iteration (Numba compiles the kernels there,
     or loads them from its cache)."""
-    stages = trainer.timer.totals
-    n = max(trainer.timed_steps, 1)
-    per_stage = ", ".join(f"{k} {1e3 * v / n:.1f} ms" for k, v in stages.items())
-    print(f"time per iteration: {per_stage} (total {1e3 * sum(stages.values()) / n:.1f} ms)")
-    achieved = trainer.flops / max(sum(stages.values()), 1e-9) / 1e9
-    print(
-        f"arithmetic: {trainer.flops / n / 1e9:.2f} GFLOP per iteration at {achieved:.1f} "
-        "GFLOP/s (compare with the SGEMM peak that `python -m minircnn.bench` prints)"
-    )
+    stages, n = trainer.timer.totals, trainer.timed_steps
+    if n == 0:  # a run of one iteration (say, a resume with one left)
+        print("time per iteration: not timed (only the first iteration ran)")
+    else:
+        per_stage = ", ".join(f"{k} {1e3 * v / n:.1f} ms" for k, v in stages.items())
+        print(f"time per iteration: {per_stage} (total {1e3 * sum(stages.values()) / n:.1f} ms)")
+        achieved = trainer.flops / max(sum(stages.values()), 1e-9) / 1e9
+        print(
+            f"arithmetic: {trainer.flops / n / 1e9:.2f} GFLOP per iteration at {achieved:.1f} "
+            "GFLOP/s (compare with the SGEMM peak that `python -m minircnn.bench` prints)"
+        )
     tail = trainer.log[-50:]
     if tail:
         terms = ("loss", "loss_cls", "loss_loc", "accuracy")

@@ -109,7 +109,7 @@ class Trainer:
         self._saved = False  # whether checkpoint_path holds this run's state
         self.steps_done = 0  # iterations run by this process
         # per-stage wall time and arithmetic of the timed iterations (all but this
-        # process's first, which includes Numba's compilation), for report_timing;
+        # trainer's first, which includes Numba's compilation), for report_timing;
         # the stages are timed by wrapping them from outside
         self.flops, self.timed_steps = 0.0, 0
         self.timer = instrument_fast_rcnn(model, StageTimer())
