@@ -350,7 +350,11 @@ class HierarchicalSampler:
 def _box_in_view(visible: np.ndarray, flip: bool, rows, cols, box: np.ndarray) -> np.ndarray:
     """The tight box [4] (original pixels, within the object's ``box``) of an object's
     pixels in view, bool [H', W'] on a view's input grid (mirrored if ``flip``); ``rows``
-    [H'] and ``cols`` [W'] give each input pixel's original pixel."""
+    [H'] and ``cols`` [W'] give each input pixel's original pixel.
+
+    Every side takes the grid's extent, also a side the paste did not reach: on the toy
+    set, whose masks fill their boxes, that moves it by a pixel at most; where masks leave
+    out a band along the edges (VOC's "void" outline) it would move further."""
     ys, xs = np.nonzero(visible[:, ::-1] if flip else visible)
     seen = np.array([cols[xs.min()], rows[ys.min()], cols[xs.max()], rows[ys.max()]], np.float32)
     shrunk = np.concatenate([np.maximum(box[:2], seen[:2]), np.minimum(box[2:], seen[2:])])
