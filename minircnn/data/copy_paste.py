@@ -40,11 +40,13 @@ PLACEMENT_TRIES = 10  # random positions tried before giving an object up
 @dataclass(frozen=True)
 class Pasted:
     """What a paste added to an image: boxes float32 [P, 4] (input pixels, 0-based
-    inclusive), labels int64 [P] in 1..K, jittered float32 [J, 4] candidate boxes."""
+    inclusive), labels int64 [P] in 1..K, jittered float32 [J, 4] candidate boxes; and
+    hidden int64 [G], the pixels of each annotated object it covered."""
 
     boxes: np.ndarray
     labels: np.ndarray
     jittered: np.ndarray
+    hidden: np.ndarray
 
 
 def resample_mask(mask: np.ndarray, box, size: tuple[int, int]) -> np.ndarray:
@@ -93,14 +95,14 @@ def paste_objects(
     view; the pasted objects' pixels are cleared from it (changed in place). ``keep`` in
     (0, 1]; with 1 no annotated pixel is covered. objects: (patch float32 [3, h, w], mask
     bool [h, w] with a pixel in its first and last rows and columns, label) each, in the
-    image's pixel scale. Returns the ``Pasted`` boxes, labels and jittered candidates
-    (clipped to the image).
+    image's pixel scale. Returns the ``Pasted`` boxes, labels, jittered candidates
+    (clipped to the image) and pixels hidden.
     """
     if not 0 < keep <= 1:  # 0 would let an annotated object vanish under a paste
         raise ValueError(f"paste_objects: keep must be in (0, 1], got {keep}")
     _, height, width = image.shape
-    in_view = visible.sum(axis=(1, 2))  # [G] pixels of each annotated object in view
-    least = keep * in_view  # ... and how many of them it keeps
+    before = visible.sum(axis=(1, 2))  # [G] pixels of each annotated object in view
+    least, in_view = keep * before, before.copy()  # how many it keeps; how many are left
     pasted = np.zeros((height, width), bool)  # pixels of the objects pasted so far
     boxes, labels = [], []
     for patch, mask, label in objects:
@@ -122,4 +124,4 @@ def paste_objects(
             break
     boxes = np.array(boxes, np.float32).reshape(-1, 4)
     jittered = jittered_candidates(boxes, JITTERED_BOXES, height, width, rng)
-    return Pasted(boxes, np.array(labels, np.int64), jittered)
+    return Pasted(boxes, np.array(labels, np.int64), jittered, before - in_view)

@@ -315,12 +315,11 @@ class HierarchicalSampler:
             objects.append((patch, mask[tight[1:]], self.dataset[j].labels[k]))
         image = view.image.copy()  # the cached input stays as it is
         visible, pixel_rows, pixel_cols = self._objects_in_view(view, image.shape[1:])
-        in_view = visible.sum(axis=(1, 2))
         # without masks, no annotated pixel is covered: a box is not its object's outline
         keep = self.config.copy_paste_keep if view.index in self.masks else 1.0
         pasted = paste_objects(image, visible, objects, self.rng, keep)
         own = view.boxes.copy()
-        for g in np.flatnonzero(visible.sum(axis=(1, 2)) < in_view):  # partly hidden now
+        for g in np.flatnonzero(pasted.hidden):  # partly hidden now
             own[g] = _box_in_view(visible[g], view.flip, pixel_rows, pixel_cols, own[g])
         boxes = np.vstack([own, self.to_original(view, pasted.boxes)])
         labels = np.concatenate([view.labels, pasted.labels])

@@ -108,10 +108,9 @@ class Trainer:
         self.iteration, self.epoch, self.log = 0, 0, []
         self._saved = False  # whether checkpoint_path holds this run's state
         self.steps_done = 0  # iterations run by this process
-        # per-stage wall time and arithmetic of the timed iterations (all but this
-        # trainer's first, which includes Numba's compilation), for report_timing;
-        # the stages are timed by wrapping them from outside
-        self.flops, self.timed_steps = 0.0, 0
+        # per-stage wall time and arithmetic of the timed iterations (``timed_steps``),
+        # for report_timing; the stages are timed by wrapping them from outside
+        self.flops = 0.0
         self.timer = instrument_fast_rcnn(model, StageTimer())
         time_calls(self.timer, "sampling", sampler, "batch")
         time_calls(self.timer, "loss", self.loss, "forward", "backward")
@@ -120,6 +119,12 @@ class Trainer:
     def trained_params(self) -> dict[str, np.ndarray]:
         """The parameters SGD updates: the model's trainable ones."""
         return self.model.params(trainable_only=True)
+
+    @property
+    def timed_steps(self) -> int:
+        """The iterations the stage times cover: all this trainer ran but its first, which
+        includes Numba's compilation."""
+        return max(self.steps_done - 1, 0)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -167,8 +172,6 @@ class Trainer:
                 if self.steps_done == 1:  # it compiled the kernels: not a typical iteration
                     self.timer.totals.clear()
                     self.flops = 0.0
-                else:
-                    self.timed_steps += 1
                 self.log.append(_log_row(self.iteration - 1, epoch, result, lr))
                 rate = done * len(indices) / max(time.perf_counter() - t_epoch, 1e-9)
                 shown = {}
